@@ -1,0 +1,3 @@
+"""nanodna: small pure-JAX DNA language models (Caduceus, transformers) and their data."""
+
+__version__ = "0.1.0"
