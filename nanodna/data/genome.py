@@ -51,7 +51,8 @@ def assembly_record(name: str, chromosomes: list[dict]) -> dict:
 
 def write_manifest(store_dir: str, assemblies: list[dict]) -> None:
     with open(os.path.join(store_dir, "manifest.json"), "w") as f:
-        json.dump({"format": FORMAT, "version": VERSION, "assemblies": assemblies}, f, indent=1)
+        # no indent: json falls back to its slow pure-Python encoder when indenting
+        json.dump({"format": FORMAT, "version": VERSION, "assemblies": assemblies}, f)
 
 
 def write_assembly_arrays(store_dir: str, name: str, ids: np.ndarray, repeat: np.ndarray) -> None:

@@ -1,0 +1,435 @@
+"""Training and validation batches from genome stores, deterministic and exactly resumable.
+
+Every batch is a pure function of (seed, batch index): window positions come from a random
+generator keyed by (seed, stream, index), masking from one keyed by (seed, stream, index,
+process). So an iterator's whole state is the index of its next batch, resuming is exact, and
+the training loop can save that state (JSON) next to the model in its checkpoint. Grain runs
+the batch function ahead of the consumer on background threads (or worker processes); where
+Grain is not installed the same batches come from a plain loop.
+
+Windows are drawn uniformly over all positions where a whole window fits inside one
+chromosome, so assemblies are sampled in proportion to their size unless `assembly_weights`
+says otherwise; windows with too many unknown bases (N) are redrawn. Validation holds out
+whole chromosomes or assemblies: the training stream never reads held-out sequence, and the
+validation stream is a fixed, finite list of windows from the held-out part.
+
+Multi-host: each global batch holds batch_size * process_count windows; process p gets rows
+[p * batch_size, (p + 1) * batch_size). Window positions depend only on (seed, index), not on
+the process count.
+
+Glossary: B per-process batch size, G global batch size (B * process count), L seq_len,
+W window length (L, or L + 1 for causal LM: inputs and shifted targets), n any number of
+windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from jaxtyping import Bool, Int64, UInt8
+
+from nanodna import tokenizer
+from nanodna.data import DataError, masking
+from nanodna.data.genome import Chromosome, GenomeStore
+
+_TRAIN, _EVAL = 1, 2  # stream ids in random keys, so train and eval never share randomness
+_WINDOWS, _MASKS = 0, 1
+MAX_ATTEMPTS = 100  # rounds of redrawing windows with too many N before giving up
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where training windows come from and how they become batches."""
+
+    store_dirs: Sequence[str] = ()  # genome stores (prepare/simulate output); a str is one store
+    seq_len: int = 512  # model input length (PlantCAD: 512 bp)
+    batch_size: int = 32  # windows per batch, PER PROCESS (global batch = this * process count)
+    mode: str = "mlm"  # "mlm" (masked, bidirectional models) or "clm" (causal next-token)
+    # Sampling weight per assembly name; None = proportional to size. Unlisted ones are skipped.
+    assembly_weights: dict[str, float] | None = None
+    max_n_frac: float = 0.1  # redraw windows with more unknown bases than this (all-N -> NaN loss)
+    rc_augment: bool = False  # reverse-complement half the windows (Caduceus-Ph; not needed for PS)
+    mask_prob: float = 0.15  # MLM: share of (non-pad, non-unk) positions selected for loss
+    mask_frac: float = 0.8  # MLM: of the selected, share replaced by [MASK] ...
+    random_frac: float = 0.1  # ... and by a random base; the rest (0.1) stay unchanged
+    repeat_weight_train: float = 0.1  # loss weight of soft-masked (lowercase) targets in training
+    repeat_weight_eval: float = 0.0  # ... and in validation (PlantCAD: repeats not scored)
+    # Validation holdout: chromosome names ("chr5" in any assembly, or "assembly/chr5") and
+    # assembly names. Training never sees them; validation sees only them.
+    holdout_chromosomes: Sequence[str] = ()
+    holdout_assemblies: Sequence[str] = ()
+    eval_windows: int = 512  # size of the fixed validation set
+    seed: int = 0
+    worker_count: int = 0  # Grain worker processes; 0 = produce batches in this process
+    prefetch: int = 4  # batches prepared ahead on a background thread (0 = on demand)
+
+    def __post_init__(self):
+        # Configs round-trip through JSON (lists); a single store may be given as a str.
+        if isinstance(self.store_dirs, str):
+            self.store_dirs = (self.store_dirs,)
+        self.store_dirs = tuple(self.store_dirs)
+        self.holdout_chromosomes = tuple(self.holdout_chromosomes)
+        self.holdout_assemblies = tuple(self.holdout_assemblies)
+
+
+def _validate(cfg: DataConfig) -> None:
+    if not cfg.store_dirs:
+        raise DataError("data.store_dirs is empty: give at least one genome store")
+    if cfg.mode not in ("mlm", "clm"):
+        raise DataError(f"data.mode must be 'mlm' or 'clm', got {cfg.mode!r}")
+    if cfg.seq_len < 1 or cfg.batch_size < 1:
+        raise DataError("data.seq_len and data.batch_size must be positive")
+    if cfg.seed < 0:
+        raise DataError(f"data.seed must be non-negative, got {cfg.seed}")
+    if not 0.0 <= cfg.max_n_frac <= 1.0:
+        raise DataError(f"data.max_n_frac must be in [0, 1], got {cfg.max_n_frac}")
+
+
+class WindowSampler:
+    """Uniform draws over every (assembly, start) where a window fits inside one chromosome.
+
+    All chromosomes are laid end to end in one table of valid start counts, so a draw is one
+    `searchsorted`: no Python loop per window.
+    """
+
+    def __init__(self, chromosomes: list[Chromosome], window: int, weights: dict | None):
+        chroms = [c for c in chromosomes if c.length >= window]
+        if not chroms:
+            raise DataError(f"no chromosome is long enough for a {window}-bp window")
+        self.assemblies = sorted({c.assembly for c in chroms})
+        asm_index = {a: i for i, a in enumerate(self.assemblies)}
+        chroms = sorted(chroms, key=lambda c: asm_index[c.assembly])  # assemblies contiguous
+        self.chrom_asm = np.array([asm_index[c.assembly] for c in chroms])
+        self.chrom_offset = np.array([c.offset for c in chroms], dtype=np.int64)
+        n_starts = np.array([c.length - window + 1 for c in chroms], dtype=np.int64)
+        self.cum_starts = np.cumsum(n_starts)  # end of each chromosome in the start table
+        self.first_start = self.cum_starts - n_starts
+        # Per assembly: its slice [asm_first, asm_first + asm_count) of the start table.
+        counts = np.bincount(self.chrom_asm, weights=n_starts, minlength=len(self.assemblies))
+        self.asm_count = counts.astype(np.int64)
+        self.asm_first = np.cumsum(self.asm_count) - self.asm_count
+        if weights is None:
+            w = self.asm_count.astype(np.float64)
+        else:
+            unknown = sorted(set(weights) - set(asm_index))
+            if unknown:
+                raise DataError(f"assembly_weights names unknown assembly {unknown[0]!r}")
+            w = np.array([float(weights.get(a, 0.0)) for a in self.assemblies])
+            if (w < 0).any() or w.sum() <= 0:
+                raise DataError("assembly_weights must be non-negative with a positive sum")
+        self.asm_prob = w / w.sum()
+
+    def draw(
+        self, rng: np.random.Generator, n: int
+    ) -> tuple[Int64[np.ndarray, " n"], Int64[np.ndarray, " n"]]:
+        """n random windows as (assembly index, start offset into the assembly's tokens)."""
+        asm = rng.choice(len(self.assemblies), size=n, p=self.asm_prob)
+        r = np.floor(rng.random(n) * self.asm_count[asm]).astype(np.int64)
+        g = self.asm_first[asm] + r  # position in the table of all starts
+        k = np.searchsorted(self.cum_starts, g, side="right")
+        return asm.astype(np.int64), self.chrom_offset[k] + (g - self.first_start[k])
+
+
+class WindowReader:
+    """Reads windows out of one or more genome stores (memory maps, opened lazily).
+
+    Lazily, so that the object pickles small when Grain sends it to worker processes.
+    """
+
+    def __init__(self, store_dirs: tuple[str, ...], assemblies: list[str], window: int):
+        self.store_dirs, self.assemblies, self.window = store_dirs, assemblies, window
+        self._stores: dict[str, GenomeStore] | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_stores": None}
+
+    def _store_of(self, assembly: str) -> GenomeStore:
+        if self._stores is None:
+            self._stores = {}
+            for d in self.store_dirs:
+                store = GenomeStore(d)
+                for a in store.assemblies:
+                    self._stores[a] = store
+        return self._stores[assembly]
+
+    def read(
+        self, asm: Int64[np.ndarray, " n"], start: Int64[np.ndarray, " n"]
+    ) -> tuple[UInt8[np.ndarray, "n W"], Bool[np.ndarray, "n W"]]:
+        """Gather windows [start, start + W) of the given assemblies, as (ids, repeat)."""
+        n, W = len(start), self.window
+        ids_nW = np.empty((n, W), np.uint8)
+        repeat_nW = np.empty((n, W), bool)
+        cols_W = np.arange(W)
+        for a in np.unique(asm):
+            rows = np.flatnonzero(asm == a)
+            store = self._store_of(self.assemblies[a])
+            s = start[rows]
+            ids_nW[rows] = store.tokens(self.assemblies[a])[s[:, None] + cols_W]
+            # Repeat flags are bit-packed: fetch the covering bytes, unpack, shift into place.
+            packed = store.repeat_packed(self.assemblies[a])
+            byte_idx = np.minimum(s[:, None] // 8 + np.arange(W // 8 + 2), len(packed) - 1)
+            bits = np.unpackbits(packed[byte_idx], axis=1)
+            repeat_nW[rows] = np.take_along_axis(bits, (s % 8)[:, None] + cols_W, axis=1) > 0
+        return ids_nW, repeat_nW
+
+
+def _load_chromosomes(cfg: DataConfig) -> tuple[list[Chromosome], list[Chromosome]]:
+    """(training, held-out) chromosomes of all stores, checking the config against them."""
+    chromosomes: list[Chromosome] = []
+    owner: dict[str, str] = {}
+    for d in cfg.store_dirs:
+        try:
+            store = GenomeStore(d)
+        except (FileNotFoundError, ValueError) as e:
+            raise DataError(str(e)) from None
+        for a in store.assemblies:
+            if a in owner:
+                raise DataError(f"assembly {a!r} is in two stores: {owner[a]} and {d}")
+            owner[a] = d
+        chromosomes += store.chromosomes
+    known = {c.name for c in chromosomes} | {f"{c.assembly}/{c.name}" for c in chromosomes}
+    for name in cfg.holdout_chromosomes:
+        if name not in known:
+            raise DataError(f"holdout chromosome {name!r} is not in any store")
+    for name in cfg.holdout_assemblies:
+        if name not in owner:
+            raise DataError(f"holdout assembly {name!r} is not in any store")
+    held = set(cfg.holdout_chromosomes)
+
+    def is_held_out(c: Chromosome) -> bool:
+        qualified = f"{c.assembly}/{c.name}"
+        return c.assembly in cfg.holdout_assemblies or c.name in held or qualified in held
+
+    train = [c for c in chromosomes if not is_held_out(c)]
+    return train, [c for c in chromosomes if is_held_out(c)]
+
+
+class WindowBatches:
+    """Random-access batches: `batch(i)` is this process's share of global batch i.
+
+    `train=True`: an endless stream of fresh random windows. `train=False`: a fixed list of
+    `eval_windows` windows from the held-out chromosomes, in ceil(eval_windows / G) batches;
+    the last batch is padded with zero-weight rows so every batch has the same shape.
+    """
+
+    def __init__(self, cfg: DataConfig, *, train: bool, process_index: int, process_count: int):
+        _validate(cfg)
+        if not 0 <= process_index < process_count:
+            raise DataError(f"process_index {process_index} not in [0, {process_count})")
+        self.cfg, self.train = cfg, train
+        self.process_index, self.process_count = process_index, process_count
+        self.global_batch = cfg.batch_size * process_count
+        self.window = cfg.seq_len + (1 if cfg.mode == "clm" else 0)
+        train_chroms, held_chroms = _load_chromosomes(cfg)
+        if not train and not held_chroms:
+            raise DataError("no validation holdout: set holdout_chromosomes or holdout_assemblies")
+        chroms = train_chroms if train else held_chroms
+        if not chroms:
+            raise DataError("every chromosome is held out: nothing left to train on")
+        weights = cfg.assembly_weights if train else None
+        self.sampler = WindowSampler(chroms, self.window, weights)
+        self.reader = WindowReader(cfg.store_dirs, self.sampler.assemblies, self.window)
+        self.stream = _TRAIN if train else _EVAL
+        self.repeat_weight = cfg.repeat_weight_train if train else cfg.repeat_weight_eval
+        if not train:
+            if cfg.eval_windows < 1:
+                raise DataError("data.eval_windows must be positive")
+            n, rows = cfg.eval_windows, np.arange(cfg.eval_windows)
+            self.eval_asm, self.eval_start, _, _ = self._draw_windows((self.stream, 0), n, rows)
+
+    def __len__(self) -> int:
+        """Number of batches: endless (sys.maxsize) for training."""
+        if self.train:
+            return sys.maxsize
+        return math.ceil(self.cfg.eval_windows / self.global_batch)
+
+    def _draw_windows(self, key: tuple, n_global: int, rows: np.ndarray):
+        """(assembly, start, ids, repeat) of `rows` of a draw of n_global windows.
+
+        Windows with too many N are redrawn. Every process makes the same draws for the whole
+        global batch and keeps its rows, so processes agree without talking to each other.
+        """
+        n, W = len(rows), self.window
+        asm, start = np.empty(n, np.int64), np.empty(n, np.int64)
+        ids_nW, repeat_nW = np.empty((n, W), np.uint8), np.empty((n, W), bool)
+        need = np.arange(n)  # rows still without an acceptable window
+        for attempt in range(MAX_ATTEMPTS):
+            rng = np.random.default_rng((self.cfg.seed, *key, _WINDOWS, attempt))
+            a_all, s_all = self.sampler.draw(rng, n_global)
+            a, s = a_all[rows[need]], s_all[rows[need]]
+            ids, repeat = self.reader.read(a, s)
+            ok = np.count_nonzero(ids == tokenizer.UNK, axis=1) <= self.cfg.max_n_frac * W
+            done = need[ok]
+            asm[done], start[done] = a[ok], s[ok]
+            ids_nW[done], repeat_nW[done] = ids[ok], repeat[ok]
+            need = need[~ok]
+            if len(need) == 0:
+                return asm, start, ids_nW, repeat_nW
+        raise DataError(
+            f"found no window with N fraction <= max_n_frac={self.cfg.max_n_frac} in "
+            f"{MAX_ATTEMPTS} draws: the genomes are mostly N, or max_n_frac is too strict"
+        )
+
+    def batch(self, index: int) -> dict[str, np.ndarray]:
+        """{tokens, targets, weights} for this process's rows of global batch `index`."""
+        B, p = self.cfg.batch_size, self.process_index
+        rows = np.arange(p * B, (p + 1) * B)
+        if self.train:
+            key = (self.stream, index)
+            _, _, ids_BW, repeat_BW = self._draw_windows(key, self.global_batch, rows)
+            rng = np.random.default_rng((self.cfg.seed, self.stream, index, _MASKS, p))
+            if self.cfg.rc_augment:
+                ids_BW, repeat_BW = _random_reverse_complement(ids_BW, repeat_BW, rng)
+            return self._targets(ids_BW, repeat_BW, rng)
+        return self._eval_batch(index * self.global_batch + rows)
+
+    def _eval_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        # Masks come from each window's own key: the validation set is the same whatever the
+        # batch size or process count, so validation losses stay comparable.
+        real = rows[rows < self.cfg.eval_windows]
+        ids_BW, repeat_BW = self.reader.read(self.eval_asm[real], self.eval_start[real])
+        parts = [
+            self._targets(
+                ids_BW[i : i + 1],
+                repeat_BW[i : i + 1],
+                np.random.default_rng((self.cfg.seed, self.stream, int(r), _MASKS)),
+            )
+            for i, r in enumerate(real)
+        ]
+        pad = len(rows) - len(real)
+        if pad:
+            L = self.cfg.seq_len
+            parts.append(
+                {
+                    "tokens": np.full((pad, L), tokenizer.PAD, np.int32),
+                    "targets": np.full((pad, L), tokenizer.PAD, np.int32),
+                    "weights": np.zeros((pad, L), np.float32),
+                }
+            )
+        return {k: np.concatenate([b[k] for b in parts]) for k in ("tokens", "targets", "weights")}
+
+    def _targets(self, ids_BW, repeat_BW, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if self.cfg.mode == "clm":
+            return masking.clm_shift(ids_BW, repeat_BW, repeat_weight=self.repeat_weight)
+        return masking.mlm_mask(
+            ids_BW,
+            repeat_BW,
+            rng,
+            mask_prob=self.cfg.mask_prob,
+            mask_frac=self.cfg.mask_frac,
+            random_frac=self.cfg.random_frac,
+            repeat_weight=self.repeat_weight,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a saved iterator state to mean the same batches."""
+        c = self.cfg
+        return {
+            "train": self.train,
+            "seed": c.seed,
+            "seq_len": c.seq_len,
+            "batch_size": c.batch_size,
+            "mode": c.mode,
+            "process": [self.process_index, self.process_count],
+        }
+
+
+def _random_reverse_complement(ids_BW, repeat_BW, rng: np.random.Generator):
+    """Reverse-complement a random half of the windows (strand augmentation)."""
+    flip = rng.random(len(ids_BW)) < 0.5
+    ids_BW, repeat_BW = ids_BW.copy(), repeat_BW.copy()
+    ids_BW[flip] = tokenizer.reverse_complement(ids_BW[flip])
+    repeat_BW[flip] = repeat_BW[flip][:, ::-1]
+    return ids_BW, repeat_BW
+
+
+class BatchIterator:
+    """Iterates batches start, start + 1, ...; `get_state()`/`set_state()` resume exactly.
+
+    The state is JSON: {"next_batch": i, ...fingerprint}. Batches are produced ahead by Grain
+    (threads, or worker processes with worker_count > 0); a plain loop where Grain is absent.
+    """
+
+    def __init__(self, batches: WindowBatches, start: int = 0):
+        self.batches = batches
+        self.next_batch = start
+        self._it: Iterator | None = None
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._it = _open(self.batches, self.next_batch)
+        batch = next(self._it)
+        self.next_batch += 1
+        # Plain arrays: worker batches live in shared memory that Grain frees with the array.
+        return {k: np.array(v) for k, v in batch.items()}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def get_state(self) -> dict:
+        return {"next_batch": self.next_batch, **self.batches.fingerprint()}
+
+    def set_state(self, state: dict) -> None:
+        expected = self.batches.fingerprint()
+        changed = {k: (state.get(k), v) for k, v in expected.items() if state.get(k) != v}
+        if changed:
+            k, (old, new) = next(iter(changed.items()))
+            raise DataError(f"saved data iterator state does not fit: {k} was {old}, now {new}")
+        self.next_batch = int(state["next_batch"])
+        self._it = None  # restart the producer at the new position
+
+
+def _open(batches: WindowBatches, start: int) -> Iterator[dict[str, np.ndarray]]:
+    cfg = batches.cfg
+    try:
+        import grain
+    except ImportError:  # e.g. a GPU image without Grain: same batches, produced inline
+        return (batches.batch(i) for i in range(start, len(batches)))
+    ds = grain.MapDataset.range(start, len(batches)).map(batches.batch)
+    if cfg.worker_count > 0:
+        _absl_flags_parsed()
+        it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+    elif cfg.prefetch > 0:
+        options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=cfg.prefetch)
+        it_ds = ds.to_iter_dataset(options)
+    else:
+        return (batches.batch(i) for i in range(start, len(batches)))
+    return iter(it_ds)
+
+
+def _absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags, which fail unless parsed (google/grain#1355).
+
+    Scripts that do not start through absl.app never parse them: take the defaults.
+    """
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_iterator(
+    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1
+) -> BatchIterator:
+    """Endless iterator of training batches (this process's share); see the module docstring."""
+    return BatchIterator(
+        WindowBatches(cfg, train=True, process_index=process_index, process_count=process_count)
+    )
+
+
+def make_eval_iterator(
+    cfg: DataConfig, *, process_index: int = 0, process_count: int = 1
+) -> BatchIterator:
+    """Finite iterator over the fixed validation set (call again for a fresh pass)."""
+    return BatchIterator(
+        WindowBatches(cfg, train=False, process_index=process_index, process_count=process_count)
+    )

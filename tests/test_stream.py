@@ -1,0 +1,221 @@
+"""Data streams: determinism, exact resume, boundaries, N filter, holdout, sharding, RC."""
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+
+from nanodna import tokenizer
+from nanodna.data import DataError, prepare
+from nanodna.data.stream import DataConfig, make_eval_iterator, make_train_iterator
+
+from test_fasta import fasta_text, random_seq
+
+L = 32
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Two small assemblies of random, mixed-case DNA, with N-rich and too-short chromosomes."""
+    rng = np.random.default_rng()
+    tmp = tmp_path_factory.mktemp("stream")
+    genomes = {
+        "asmA": {"chr1": random_seq(rng, 3000), "chr2": random_seq(rng, 1500), "tiny": "ACGTA"},
+        "asmB": {
+            "chr1": random_seq(rng, 2500),
+            "gappy": "N" * 700 + random_seq(rng, 300),
+            "dotted": "ACGTACGN" * 40,  # every window is 1/8 N
+        },
+    }
+    paths = []
+    for asm, chroms in genomes.items():
+        path = tmp / f"{asm}.fa"
+        path.write_text(fasta_text(list(chroms.items())))
+        paths.append(str(path))
+    prepare.prepare_fasta(paths, str(tmp / "store"), progress=False)
+    return str(tmp / "store"), genomes
+
+
+def config(store_dir, **kw):
+    kw = {"seq_len": L, "batch_size": 8, "prefetch": 0, **kw}
+    return DataConfig(store_dirs=store_dir, **kw)
+
+
+def take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b):
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        for k in ("tokens", "targets", "weights"):
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def source_of(window, genomes):
+    """(assembly, chromosome, strand) of every place the window occurs, whole, in one chromosome."""
+    hits = []
+    for asm, chroms in genomes.items():
+        for name, seq in chroms.items():
+            upper = seq.upper()
+            if window in upper:
+                hits.append((asm, name, "+"))
+            if tokenizer.reverse_complement_str(window) in upper:
+                hits.append((asm, name, "-"))
+    return hits
+
+
+def windows_of(batch):
+    return [tokenizer.decode(row) for row in batch["targets"]]
+
+
+def test_batches_have_the_contract_shapes_and_dtypes(store):
+    b = next(make_train_iterator(config(store[0])))
+    assert set(b) == {"tokens", "targets", "weights"}
+    assert b["tokens"].shape == b["targets"].shape == b["weights"].shape == (8, L)
+    assert b["tokens"].dtype == b["targets"].dtype == np.int32
+    assert b["weights"].dtype == np.float32
+    assert (b["tokens"] == tokenizer.MASK).any() and b["weights"].sum() > 0
+
+
+def test_same_seed_same_batches_other_seed_other_batches(store):
+    cfg = config(store[0])
+    assert_same(take(make_train_iterator(cfg), 3), take(make_train_iterator(cfg), 3))
+    other = next(make_train_iterator(dataclasses.replace(cfg, seed=cfg.seed + 1)))
+    assert not np.array_equal(other["targets"], next(make_train_iterator(cfg))["targets"])
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_exact_resume_mid_stream(store, prefetch):
+    cfg = config(store[0], prefetch=prefetch)
+    it = make_train_iterator(cfg)
+    take(it, 3)
+    state = it.get_state()
+    expected = take(it, 4)
+    fresh = make_train_iterator(cfg)
+    fresh.set_state(state)
+    assert_same(take(fresh, 4), expected)
+    with pytest.raises(DataError, match="batch_size was 8, now 4"):
+        make_train_iterator(dataclasses.replace(cfg, batch_size=4)).set_state(state)
+
+
+def test_plain_loop_without_grain_gives_the_same_batches(store, monkeypatch):
+    cfg = config(store[0], prefetch=2)
+    with_grain = take(make_train_iterator(cfg), 3)
+    monkeypatch.setitem(sys.modules, "grain", None)  # makes `import grain` fail
+    assert_same(take(make_train_iterator(cfg), 3), with_grain)
+
+
+def test_windows_stay_inside_chromosomes_and_keep_repeat_flags(store):
+    store_dir, genomes = store
+    cfg = config(store_dir, mode="clm", max_n_frac=1.0)
+    for b in take(make_train_iterator(cfg), 4):
+        for row in range(len(b["targets"])):
+            window = tokenizer.decode(np.r_[b["tokens"][row, :1], b["targets"][row]])
+            hits = [h for h in source_of(window, genomes) if h[2] == "+"]
+            assert hits  # a whole window of one chromosome, forward strand
+            asm, name, _ = hits[0]
+            seq = genomes[asm][name]
+            start = seq.upper().index(window)
+            lower = np.array([c.islower() for c in seq[start + 1 : start + L + 1]])
+            expected = np.where(lower, 0.1, 1.0) * (b["targets"][row] != tokenizer.UNK)
+            np.testing.assert_allclose(b["weights"][row], expected)
+            assert name != "tiny"  # shorter than a window
+
+
+def test_clm_targets_are_inputs_shifted(store):
+    b = next(make_train_iterator(config(store[0], mode="clm")))
+    np.testing.assert_array_equal(b["tokens"][:, 1:], b["targets"][:, :-1])
+
+
+def test_max_n_frac_filters_windows(store):
+    store_dir, genomes = store
+    cfg = config(store_dir, max_n_frac=0.1, assembly_weights={"asmB": 1.0}, batch_size=32)
+    for b in take(make_train_iterator(cfg), 5):
+        assert ((b["targets"] == tokenizer.UNK).mean(axis=1) <= 0.1).all()
+        assert all(source_of(w, genomes)[0][0] == "asmB" for w in windows_of(b))
+    only_dotted = ("chr1", "chr2", "gappy")
+    with pytest.raises(DataError, match="no window with N fraction"):
+        next(make_train_iterator(config(store_dir, holdout_chromosomes=only_dotted)))
+
+
+def test_heldout_chromosomes_never_in_training_and_only_in_validation(store):
+    store_dir, genomes = store
+    cfg = config(store_dir, holdout_chromosomes=("chr1",), holdout_assemblies=(), max_n_frac=1.0)
+    for b in take(make_train_iterator(cfg), 6):
+        for w in windows_of(b):
+            assert all(name != "chr1" for _, name, _ in source_of(w, genomes))
+    for b in make_eval_iterator(cfg):
+        real = (b["tokens"] != tokenizer.PAD).any(axis=1)  # the last batch is padded
+        for w in np.array(windows_of(b))[real]:
+            assert {name for _, name, _ in source_of(w, genomes)} == {"chr1"}
+    by_assembly = dataclasses.replace(cfg, holdout_chromosomes=(), holdout_assemblies=("asmA",))
+    for b in take(make_train_iterator(by_assembly), 3):
+        assert all(source_of(w, genomes)[0][0] == "asmB" for w in windows_of(b))
+
+
+def test_validation_set_is_fixed_finite_and_layout_independent(store):
+    cfg = config(store[0], holdout_chromosomes=("asmA/chr1",), eval_windows=20)
+    a, b = list(make_eval_iterator(cfg)), list(make_eval_iterator(cfg))
+    assert len(a) == 3  # ceil(20 / 8)
+    assert_same(a, b)
+    padding = a[-1]["tokens"][4:]
+    assert (padding == tokenizer.PAD).all() and (a[-1]["weights"][4:] == 0).all()
+    assert (a[-1]["tokens"][:4] != tokenizer.PAD).all()
+    # The same 20 windows, masked the same way, whatever the batch size.
+    other = list(make_eval_iterator(dataclasses.replace(cfg, batch_size=5)))
+    cat = lambda bs, k: np.concatenate([x[k] for x in bs])[:20]  # noqa: E731
+    for k in ("tokens", "targets", "weights"):
+        np.testing.assert_array_equal(cat(a, k), cat(other, k))
+    # Repeats weigh 0 in validation (repeat_weight_eval) but count in training.
+    assert cfg.repeat_weight_eval == 0.0
+    with pytest.raises(DataError, match="no validation holdout"):
+        make_eval_iterator(config(store[0]))
+
+
+def test_process_shards_are_disjoint_slices_of_the_global_batch(store):
+    cfg = config(store[0], batch_size=4)
+    whole = take(make_train_iterator(dataclasses.replace(cfg, batch_size=12)), 2)
+    shards = [take(make_train_iterator(cfg, process_index=p, process_count=3), 2) for p in range(3)]
+    for step in range(2):
+        rows = np.concatenate([shards[p][step]["targets"] for p in range(3)])
+        np.testing.assert_array_equal(rows, whole[step]["targets"])
+        assert len({w for w in windows_of({"targets": rows})}) == 12
+    with pytest.raises(DataError, match="process_index 3"):
+        make_train_iterator(cfg, process_index=3, process_count=3)
+
+
+def test_rc_augment_yields_reverse_complements(store):
+    store_dir, genomes = store
+    strands = []
+    for b in take(make_train_iterator(config(store_dir, rc_augment=True, max_n_frac=0.0)), 6):
+        for w in windows_of(b):
+            hits = source_of(w, genomes)
+            assert len({s for _, _, s in hits}) == 1  # random DNA is not its own RC
+            strands.append(hits[0][2])
+    assert 0.25 < strands.count("-") / len(strands) < 0.75
+
+
+def test_bad_config_gives_clear_errors(store, tmp_path):
+    with pytest.raises(DataError, match="not a genome store"):
+        make_train_iterator(config(str(tmp_path)))
+    with pytest.raises(DataError, match="holdout chromosome 'chrZ'"):
+        make_train_iterator(config(store[0], holdout_chromosomes=("chrZ",)))
+    with pytest.raises(DataError, match="unknown assembly 'asmC'"):
+        make_train_iterator(config(store[0], assembly_weights={"asmC": 1.0}))
+    with pytest.raises(DataError, match="mode must be"):
+        make_train_iterator(config(store[0], mode="bert"))
+
+
+def test_several_stores(store, tmp_path):
+    store_dir, genomes = store
+    seq = random_seq(np.random.default_rng(), 800)
+    (tmp_path / "asmC.fa").write_text(fasta_text([("chrC", seq)]))
+    prepare.prepare_fasta([str(tmp_path / "asmC.fa")], str(tmp_path / "c"), progress=False)
+    both = config(store_dir, assembly_weights={"asmC": 1.0})
+    both.store_dirs = (store_dir, str(tmp_path / "c"))
+    for w in windows_of(next(make_train_iterator(both))):
+        assert w in seq.upper()
+    with pytest.raises(DataError, match="assembly 'asmA' is in two stores"):
+        make_train_iterator(config((store_dir, store_dir)))
