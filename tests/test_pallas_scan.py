@@ -1,0 +1,186 @@
+"""Pallas selective scan vs the lax.scan reference: outputs and every gradient, on CPU.
+
+The kernels run in Pallas' interpreter here; the GPU/TPU programs are checked by lowering them
+for those platforms (no device needed) and, on a GPU machine, by the `gpu`-marked twin.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jaxtyping import TypeCheckError
+
+from kernels.pallas import selective_scan_pallas, sharded_selective_scan
+from kernels.pallas.selective_scan import make_plan, scan_stacked
+from nanodna.ops.scan import selective_scan_ref
+
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+TOL = {jnp.float32: dict(rtol=6e-4, atol=2e-3), jnp.bfloat16: dict(rtol=3e-2, atol=5e-2)}
+
+
+def make_inputs(seed, Bz, L, Dc, N, dtype=jnp.float32, D=True, z=True, bias=True):
+    """Fresh random inputs in the ranges a Mamba layer sees (A < 0, delta around softplus(-1))."""
+    ks = jax.random.split(jax.random.key(seed), 8)
+    x = {
+        "u": jax.random.normal(ks[0], (Bz, L, Dc)).astype(dtype),
+        "delta": (0.5 * jax.random.normal(ks[1], (Bz, L, Dc)) - 1.0).astype(dtype),
+        "A": -jnp.exp(0.5 * jax.random.normal(ks[2], (Dc, N))),
+        "B": jax.random.normal(ks[3], (Bz, L, N)).astype(dtype),
+        "C": jax.random.normal(ks[4], (Bz, L, N)).astype(dtype),
+        "D": jax.random.normal(ks[5], (Dc,)) if D else None,
+        "z": jax.random.normal(ks[6], (Bz, L, Dc)).astype(dtype) if z else None,
+        "delta_bias": 0.3 * jax.random.normal(ks[7], (Dc,)) if bias else None,
+    }
+    return x
+
+
+def assert_close(got, want, dtype, what):
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    assert np.isfinite(got).all(), f"{what}: non-finite values (an unwritten element?)"
+    np.testing.assert_allclose(got, want, err_msg=what, **TOL[dtype])
+
+
+def check_against_ref(x, dtype, softplus, reverse, seed=0, impl=selective_scan_pallas, **kw):
+    """Output and the VJP of every present input, for one random cotangent."""
+    names = [k for k in ARGS if x[k] is not None]
+    flags = dict(delta_softplus=softplus, reverse=reverse)
+    primals = [x[k] for k in names]
+    ct = jax.random.normal(jax.random.key(seed + 1), x["u"].shape).astype(x["u"].dtype)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_vjp(fn, primals, ct):  # one compile per implementation, not one per op
+        y, vjp = jax.vjp(lambda *a: fn(**dict(zip(names, a)), **flags), *primals)
+        return y, vjp(ct)
+
+    y, grads = value_and_vjp(functools.partial(impl, **kw), primals, ct)
+    y_ref, grads_ref = value_and_vjp(selective_scan_ref, primals, ct)
+    assert_close(y, y_ref, dtype, "y")
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert_close(g, g_ref, dtype, f"d{name}")
+
+
+# Both dtypes meet both directions here and again in the bidirectional tests (kept few: each
+# case costs two XLA compiles of an interpreted kernel).
+@pytest.mark.parametrize("dtype, reverse", [(jnp.float32, False), (jnp.bfloat16, True)])
+def test_all_options_odd_sizes(dtype, reverse):
+    # L=37 with chunk 8 and D=10 with tiles of 4: both axes need padding; N=5 is odd.
+    x = make_inputs(11 + reverse, 2, 37, 10, 5, dtype)
+    check_against_ref(x, dtype, softplus=True, reverse=reverse, chunk=8, block_d=4)
+
+
+@pytest.mark.parametrize(
+    "shape, chunk, options",
+    [
+        ((1, 1, 3, 1), None, dict(D=False, z=False, bias=False)),  # L=1, N=1, no extras
+        ((2, 16, 8, 16), 16, dict(D=True, z=False, bias=True)),  # exact multiples, one chunk
+    ],
+)
+def test_tiny_and_optional_arguments(shape, chunk, options):
+    x = make_inputs(sum(shape), *shape, **options)
+    check_against_ref(x, jnp.float32, softplus=False, reverse=False, chunk=chunk)
+
+
+def test_tpu_layout_writes_every_element():
+    # The TPU interpreter fills every buffer with NaN first: a finite result means every output,
+    # saved state and partial sum was written before it was read. (Slow simulator: tiny grid.)
+    x = make_inputs(21, 1, 13, 6, 3)
+    check_against_ref(x, jnp.float32, softplus=True, reverse=True, chunk=8,
+                      interpret="tpu_interpret")  # fmt: skip
+
+
+@pytest.mark.parametrize("bwd_in_registers", [False, True])
+def test_gpu_layout_in_interpreter(bwd_in_registers):
+    # The Triton program shape: all chunks in one program, N padded to 8, and the backward's
+    # chunk states either in a workspace or (unrolled) in registers. The reverse direction of
+    # this layout is covered by the bidirectional tests.
+    x = make_inputs(31 + bwd_in_registers, 2, 20, 8, 5)
+
+    def gpu_layout(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        plan = make_plan(n_dir=1, reverse=reverse, L=20, D=8, softplus=delta_softplus,
+                         has_D=True, has_z=True, has_bias=True, chunk=4, block_d=4,
+                         interpret="triton_interpret", bwd_in_registers=bwd_in_registers)
+        one = lambda x: x[None]  # noqa: E731
+        return scan_stacked(plan, *map(one, (u, delta, A, B, C, D)), z, one(delta_bias))
+
+    check_against_ref(x, jnp.float32, softplus=True, reverse=False, impl=gpu_layout)
+
+
+@pytest.mark.parametrize(
+    "backend, platform, registers",
+    [("triton", "cuda", False), ("triton", "cuda", True), ("mosaic_tpu", "tpu", False)],
+)
+def test_lowers_for_gpu_and_tpu(backend, platform, registers):
+    """Forward and backward lower to Triton / Mosaic without a device (catches unsupported ops)."""
+    x = make_inputs(41, 2, 64, 64, 16, jnp.bfloat16)
+    plan = make_plan(n_dir=1, reverse=True, L=64, D=64, softplus=True, has_D=True, has_z=True,
+                     has_bias=True, chunk=16 if registers else None, block_d=None,
+                     interpret=backend, bwd_in_registers=registers)  # fmt: skip
+
+    def loss(x):
+        one = {k: v if k == "z" else v[None] for k, v in x.items()}
+        y = scan_stacked(plan, *(one[k] for k in ARGS))
+        return y.astype(jnp.float32).sum()
+
+    text = jax.jit(jax.grad(loss)).trace(x).lower(lowering_platforms=(platform,)).as_text()
+    assert text.count("selective_scan_") >= 2  # both kernels made it into the module
+
+
+def test_resource_report_finds_both_triton_modules():
+    # The developer tool reads a JAX internal; this notices when that moves.
+    from kernels.pallas.resource_report import triton_modules
+
+    modules = triton_modules(L=16, D=32, N=4, block_d=32, chunk=8)
+    assert set(modules) == {"forward", "backward"}
+    assert all("tt.func" in text for text in modules.values())
+
+
+def test_sharded_matches_unsharded():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+    x = make_inputs(51, 8, 12, 6, 4)
+    flags = dict(delta_softplus=True, reverse=True, chunk=4)
+    sharded = functools.partial(sharded_selective_scan, mesh, "data")
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def value_and_grad(fn, x):
+        return jax.value_and_grad(lambda x: jnp.sum(jnp.sin(fn(**x, **flags))))(x)
+
+    loss, grads = value_and_grad(sharded, x)
+    loss_one, grads_one = value_and_grad(selective_scan_pallas, x)
+    np.testing.assert_allclose(loss, loss_one, rtol=1e-5)
+    for k in ARGS:  # parameter gradients must be summed over the shards
+        np.testing.assert_allclose(grads[k], grads_one[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_bad_shapes_fail_with_one_line():
+    x = make_inputs(61, 2, 8, 4, 3)
+    x["B"] = x["B"][:, :, :2]
+    # jaxtyping's checker (on in tests) or the kernel's own check, whichever sees it first.
+    with pytest.raises((ValueError, TypeCheckError)):
+        selective_scan_pallas(**x)
+    with pytest.raises(ValueError, match="chunk and block_d must be positive"):
+        selective_scan_pallas(**make_inputs(62, 2, 8, 4, 3), chunk=-1)
+    with pytest.raises(ValueError, match="interpret must be"):
+        selective_scan_pallas(**make_inputs(62, 2, 8, 4, 3), interpret="cuda")
+
+
+def test_bench_smoke(tmp_path, capsys):
+    # In-process: the tiny benchmark reuses this session's JAX instead of starting another.
+    from kernels.pallas import bench
+
+    results = bench.main(["--smoke", "--out", str(tmp_path)])
+    assert (tmp_path / "results.json").exists() and (tmp_path / "log.txt").exists()
+    worst = max(results["shapes"][0]["parity"].values())
+    assert worst < 1e-4, results["shapes"][0]["parity"]
+    assert "parity" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gpu_kernel(dtype, reverse):
+    x = make_inputs(71, 4, 300, 200, 16, dtype)
+    check_against_ref(x, dtype, softplus=True, reverse=reverse, interpret=False)
