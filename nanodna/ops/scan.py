@@ -4,9 +4,11 @@
     y_t = sum_n C_t[n] h_t[n] + D * u_t ;  y_t *= silu(z_t) if z is given
 
 Layout is (batch, length, channels), mamba-ssm's semantics otherwise. The state is float32
-whatever the input dtype; the output has u's dtype.
+for float32 / bfloat16 inputs (float64 stays float64, for gradient checks); the output has
+u's dtype.
 
-Glossary: B batch, L length, D channels (d_inner), N state size (d_state).
+Glossary: B batch, L length, D channels (d_inner), N state size (d_state), T chunk length,
+K number of chunks, S scan direction (0 forward, 1 reverse).
 Note the clash mamba-ssm makes us live with: the arrays B (input matrix, B L N) and D (skip,
 D) are named after the paper; the axis letters in names like u_BLD are the glossary above.
 
@@ -14,9 +16,14 @@ Implementations (`impl=`):
     "ref"      lax.scan over time; the ground truth every other path is tested against.
     "chunked"  XLA path: the sequence is cut into chunks, each chunk scanned in parallel with
                an associative scan, the state carried between chunks by lax.scan.
+    "chunked_seq"  the same chunks, each run as a short unrolled loop: fewer passes over
+               memory than the associative scan, which makes it the fastest form on CPU.
     "assoc"    one associative scan over the whole sequence (for benchmarks).
     "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU).
-    "auto"     pallas on GPU/TPU, chunked on CPU.
+    "auto"     pallas on GPU/TPU (chunked if the kernel is missing), chunked_seq on CPU.
+
+Both chunked paths rematerialise each chunk in the backward pass, so training memory is
+~ (B, T, D, N) for the scan instead of the reference's (B, L, D, N).
 """
 
 from __future__ import annotations
@@ -26,9 +33,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
+def state_dtype(dtype) -> jnp.dtype:
+    """float32 for float32 / bfloat16 / float16 inputs; float64 stays float64 (gradient checks)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """Cast to float32 and apply the delta bias / softplus, as every implementation does."""
-    f32 = jnp.float32
+    """Cast to the state dtype and apply the delta bias / softplus, as every implementation does."""
+    f32 = state_dtype(u.dtype)
     delta = delta.astype(f32)
     if delta_bias is not None:
         delta = delta + delta_bias.astype(f32)
@@ -39,7 +51,7 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 def _finish(y_BLD, u, D, z, out_dtype):
     """Skip connection and gate, shared by every implementation."""
-    f32 = jnp.float32
+    f32 = y_BLD.dtype
     if D is not None:
         y_BLD = y_BLD + u.astype(f32) * D.astype(f32)
     if z is not None:
@@ -72,6 +84,197 @@ def selective_scan_ref(
         return h_BDN, y_BD
 
     xs = tuple(jnp.swapaxes(a, 0, 1) for a in (u32, delta32, B32, C32))  # time-major
-    h0 = jnp.zeros((Bsz, Dch, N), jnp.float32)
+    h0 = jnp.zeros((Bsz, Dch, N), u32.dtype)
     _, y_LBD = jax.lax.scan(step, h0, xs, reverse=reverse)
     return _finish(jnp.swapaxes(y_LBD, 0, 1), u, D, z, u.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel forms. The recurrence h_t = a_t * h_{t-1} + b_t composes associatively:
+# (a1, b1) then (a2, b2) is (a1 * a2, a2 * b1 + b2), so prefixes can be computed in log depth.
+
+
+def _combine(left, right):
+    a_l, b_l = left
+    a_r, b_r = right
+    return a_l * a_r, a_r * b_l + b_r
+
+
+def _chunk_states(dt_BTD, u_BTD, A_DN, B_BTN, h0_BDN):
+    """All states of one chunk, h_BTDN, from the state before it: the (B, T, D, N) working set."""
+    dA_BTDN = jnp.exp(dt_BTD[..., None] * A_DN)
+    dBu_BTDN = (dt_BTD * u_BTD)[..., None] * B_BTN[:, :, None, :]
+    decay_BTDN, h_BTDN = jax.lax.associative_scan(_combine, (dA_BTDN, dBu_BTDN), axis=1)
+    return h_BTDN + decay_BTDN * h0_BDN[:, None]
+
+
+def _scan_assoc(u32, delta32, A32, B32, C32):
+    """One associative scan over the whole sequence: materialises (B, L, D, N). Benchmarks only."""
+    h0_BDN = jnp.zeros((u32.shape[0], u32.shape[2], A32.shape[1]), u32.dtype)
+    h_BLDN = _chunk_states(delta32, u32, A32, B32, h0_BDN)
+    return jnp.einsum("bldn,bln->bld", h_BLDN, C32)
+
+
+def _split_chunks(arrays, T):
+    """(B, L, X) arrays -> (n_chunks, B, T, X), zero-padded at the end.
+
+    Padding with delta = 0 is a no-op step (decay 1, input 0) that only touches outputs past
+    L, which are dropped.
+    """
+    Bsz, L = arrays[0].shape[:2]
+    n_chunks = -(-L // T)
+    pad = n_chunks * T - L
+    out = []
+    for a in arrays:
+        a = jnp.pad(a, ((0, 0), (0, pad), (0, 0)))
+        out.append(jnp.moveaxis(a.reshape(Bsz, n_chunks, T, a.shape[-1]), 1, 0))
+    return out
+
+
+def _merge_chunks(y_KBTD, L):
+    K, Bsz, T, Dch = y_KBTD.shape
+    return jnp.moveaxis(y_KBTD, 0, 1).reshape(Bsz, K * T, Dch)[:, :L]
+
+
+def _scan_chunked(u32, delta32, A32, B32, C32, chunk: int, sequential: bool):
+    """Chunks of T steps, the state carried across chunks by lax.scan.
+
+    Inside a chunk the recurrence runs either in parallel (associative scan: log-depth, the
+    form accelerators like) or as a short unrolled loop (fewest passes over memory: the form a
+    CPU likes). Either way the chunk body is rematerialised in the backward pass, as
+    mamba-ssm's kernel recomputes its chunks, so autodiff stores only chunk-boundary states:
+    memory ~ (B, T, D, N) live at once, never (B, L, D, N).
+    """
+    Bsz, L, Dch = u32.shape
+    T = min(chunk, L)
+    xs = _split_chunks((u32, delta32, B32, C32), T)
+
+    def step(h_BDN, xs_t):
+        u_BD, dt_BD, B_BN, C_BN = xs_t
+        h_BDN = jnp.exp(dt_BD[..., None] * A32) * h_BDN + (dt_BD * u_BD)[..., None] * B_BN[:, None]
+        return h_BDN, jnp.einsum("bdn,bn->bd", h_BDN, C_BN)
+
+    @jax.checkpoint
+    def chunk_step(h_BDN, xs_chunk):
+        u_BTD, dt_BTD, B_BTN, C_BTN = xs_chunk
+        if sequential:
+            xs_T = tuple(jnp.swapaxes(a, 0, 1) for a in xs_chunk)  # time-major
+            h_BDN, y_TBD = jax.lax.scan(step, h_BDN, xs_T, unroll=SEQ_UNROLL)
+            return h_BDN, jnp.swapaxes(y_TBD, 0, 1)
+        h_BTDN = _chunk_states(dt_BTD, u_BTD, A32, B_BTN, h_BDN)
+        return h_BTDN[:, -1], jnp.einsum("btdn,btn->btd", h_BTDN, C_BTN)
+
+    h0_BDN = jnp.zeros((Bsz, Dch, A32.shape[1]), u32.dtype)
+    _, y_KBTD = jax.lax.scan(chunk_step, h0_BDN, tuple(xs))
+    return _merge_chunks(y_KBTD, L)
+
+
+DEFAULT_CHUNK = 64  # chunk length T; see benchmarks/results_models.md for the sweep
+SEQ_UNROLL = 4  # time steps per loop iteration in "chunked_seq"
+IMPLS = ("auto", "ref", "chunked", "chunked_seq", "assoc", "pallas")
+_warned_fallback = False
+
+
+def _pallas_kernel(name: str = "selective_scan_pallas"):
+    """Imported lazily: a missing or broken kernel package must never break CPU use."""
+    import kernels.pallas
+
+    if not hasattr(kernels.pallas, name):
+        raise ImportError(f"kernels.pallas has no {name}")
+    return getattr(kernels.pallas, name)
+
+
+def resolve_impl(impl: str) -> str:
+    """'auto' -> 'pallas' on GPU/TPU when the kernel imports, 'chunked' there otherwise;
+    'chunked_seq' on CPU, where it measured fastest (benchmarks/results_models.md)."""
+    global _warned_fallback
+    if impl not in IMPLS:
+        raise ValueError(f"unknown selective-scan impl {impl!r}; choose one of {IMPLS}")
+    if impl != "auto":
+        return impl
+    if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
+        try:
+            _pallas_kernel()
+            return "pallas"
+        except ImportError as err:
+            if not _warned_fallback:
+                import warnings
+
+                warnings.warn(f"Pallas selective scan unavailable ({err}); using 'chunked'")
+                _warned_fallback = True
+        return "chunked"
+    return "chunked_seq"
+
+
+def selective_scan(
+    u: Float[Array, "B L D"],
+    delta: Float[Array, "B L D"],
+    A: Float[Array, "D N"],
+    B: Float[Array, "B L N"],
+    C: Float[Array, "B L N"],
+    D: Float[Array, " D"] | None = None,
+    z: Float[Array, "B L D"] | None = None,
+    delta_bias: Float[Array, " D"] | None = None,
+    delta_softplus: bool = False,
+    reverse: bool = False,
+    impl: str = "auto",
+    chunk: int = DEFAULT_CHUNK,
+) -> Float[Array, "B L D"]:
+    """The selective scan every model calls; `impl` picks the implementation (module docstring)."""
+    impl = resolve_impl(impl)
+    if impl == "ref":
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    if impl == "pallas":
+        try:
+            kernel = _pallas_kernel()
+        except ImportError as err:
+            msg = f"impl='pallas' needs kernels.pallas.selective_scan_pallas ({err})"
+            raise ImportError(msg) from None
+        return kernel(
+            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+            delta_softplus=delta_softplus, reverse=reverse,
+        )
+    u32, delta32, A32, B32, C32 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if reverse:  # the reverse recurrence is the forward one on time-flipped inputs
+        u32, delta32, B32, C32 = (jnp.flip(a, axis=1) for a in (u32, delta32, B32, C32))
+    if impl == "assoc":
+        y_BLD = _scan_assoc(u32, delta32, A32, B32, C32)
+    else:
+        y_BLD = _scan_chunked(u32, delta32, A32, B32, C32, chunk, impl == "chunked_seq")
+    if reverse:
+        y_BLD = jnp.flip(y_BLD, axis=1)
+    return _finish(y_BLD, u, D, z, u.dtype)
+
+
+def selective_scan_bidirectional(
+    u: Float[Array, "S B L D"],
+    delta: Float[Array, "S B L D"],
+    A: Float[Array, "S D N"],
+    B: Float[Array, "S B L N"],
+    C: Float[Array, "S B L N"],
+    D: Float[Array, "S D"],
+    z: Float[Array, "B L D"],
+    delta_bias: Float[Array, "S D"],
+    delta_softplus: bool = False,
+    impl: str = "auto",
+) -> Float[Array, "B L D"]:
+    """BiMamba's two scans summed: direction S=0 forward, S=1 reverse, one shared gate z.
+
+    Every input is in the sequence's own coordinates (S=1 is not flipped). With impl "pallas"
+    both directions run in one fused kernel launch; otherwise two selective_scan calls.
+    """
+    impl = resolve_impl(impl)
+    if impl == "pallas":
+        try:
+            kernel = _pallas_kernel("bidirectional_scan_pallas")
+        except ImportError:  # the single-direction kernel still works
+            kernel = None
+        if kernel is not None:
+            return kernel(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                          delta_softplus=delta_softplus)
+    ys = [
+        selective_scan(u[s], delta[s], A[s], B[s], C[s], D=D[s], z=z, delta_bias=delta_bias[s],
+                       delta_softplus=delta_softplus, reverse=bool(s), impl=impl)
+        for s in (0, 1)
+    ]
+    return ys[0] + ys[1]

@@ -1,0 +1,126 @@
+"""A full evaluation with its paper trail: what eval.py runs.
+
+    results.json   roc_auc, auprc, n (+ bootstrap intervals), checkpoint step, arch, task, speed
+    scores.tsv     one line per row: pos, ref (alt), label, score, the four allele log-probs
+    roc.png        ROC curve (tables with labels)
+    hist.png       score distribution per label (tables with labels)
+
+Glossary: R rows of the table, K the four alleles a/c/g/t.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+
+import numpy as np
+
+from nanodna import tokenizer
+from nanodna.evaluation import metrics, plots, scoring
+from nanodna.evaluation.tables import EvalTable
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step a checkpoint path stands for: a step folder's own number, or the largest step
+    folder under a workdir's checkpoints/ (the one load_for_eval picks). None if unknown."""
+    path = os.path.normpath(os.fspath(path))
+    if os.path.basename(path).isdigit():
+        return int(os.path.basename(path))
+    for folder in (os.path.join(path, "checkpoints"), path):
+        if os.path.isdir(folder):
+            steps = [int(d) for d in os.listdir(folder) if d.isdigit()]
+            if steps:
+                return max(steps)
+    return None
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    table: EvalTable,
+    out: str = "results.json",
+    batch_size: int = 64,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Load a workdir's latest checkpoint (or one step folder) and evaluate it on `table`."""
+    from nanodna.training.checkpoint import load_for_eval  # heavy (Orbax); only needed here
+
+    model, config = load_for_eval(checkpoint)
+    info = {"checkpoint": os.path.abspath(checkpoint), "step": checkpoint_step(checkpoint)}
+    return evaluate_model(
+        model, config.model, table, out, batch_size, bootstrap, seed, progress, info
+    )
+
+
+def evaluate_model(
+    model,
+    model_cfg,
+    table: EvalTable,
+    out: str = "results.json",
+    batch_size: int = 64,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    info: dict | None = None,
+) -> dict:
+    """Score `table`, compute metrics, and write results.json, scores.tsv and the plots."""
+    scores = scoring.score_table(model, model_cfg, table, batch_size=batch_size, progress=progress)
+    results = dict(info or {})
+    results.update(
+        task=table.task,
+        table=os.path.abspath(table.path),
+        arch=getattr(model_cfg, "arch", None),
+        model=dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else None,
+        rule=scores.rule,
+        strand_average=scores.strand_average,
+        n=len(table),
+        mean_score=float(np.mean(scores.score_R)),
+        batch_size=batch_size,
+        seconds=round(scores.seconds, 3),
+        windows_per_s=round(scores.windows_per_s, 2),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    if table.label_R is not None:
+        results.update(
+            metrics.summarize(table.label_R, scores.score_R, bootstrap=bootstrap, seed=seed)
+        )
+        score_name = "log p(ref)" if table.task == "conservation" else "log p(alt) / p(ref)"
+        plots.plot_roc(
+            table.label_R,
+            scores.score_R,
+            os.path.join(out_dir, "roc.png"),
+            title=f"{table.task}: {os.path.basename(table.path)}",
+        )
+        plots.plot_score_histogram(
+            table.label_R, scores.score_R, os.path.join(out_dir, "hist.png"), xlabel=score_name
+        )
+    write_scores_tsv(os.path.join(out_dir, "scores.tsv"), table, scores)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def write_scores_tsv(path: str, table: EvalTable, scores: scoring.Scores) -> None:
+    """One line per table row, in table order (row = 0-based row of the table)."""
+    base = np.array(list("ACGT"))
+    columns = {
+        "row": np.arange(len(table)),
+        "pos": table.pos_R,
+        "ref": base[table.ref_R - tokenizer.A],
+    }
+    if table.alt_R is not None:
+        columns["alt"] = base[table.alt_R - tokenizer.A]
+    if table.label_R is not None:
+        columns["label"] = table.label_R
+    columns["score"] = [f"{s:.6g}" for s in scores.score_R]
+    for k, b in enumerate("acgt"):
+        columns[f"logp_{b}"] = [f"{s:.6g}" for s in scores.log_probs_RK[:, k]]
+    with open(path, "w") as f:
+        f.write("\t".join(columns) + "\n")
+        for values in zip(*columns.values()):
+            f.write("\t".join(str(v) for v in values) + "\n")

@@ -1,0 +1,241 @@
+"""Zero-shot scoring rules: (model, table) -> one score per row.
+
+Every rule reduces a window and its target index to the log-probabilities of the four alleles
+a/c/g/t at the target; the task then reads a score off them:
+
+    conservation   log p(ref)                (REFERENCE.md: "probability of the reference base";
+                                              ROC AUC is the same for p and log p)
+    variant        log p(alt) - log p(ref)   (PlantCaduceus's zero-shot LLR)
+
+Rules, chosen from the model config:
+
+    masked  (MLM: Caduceus, MLM transformer)  put [MASK] at the target, read the logits there,
+            softmax over a/c/g/t only. Models that are not RC-equivariant by construction
+            (Caduceus-Ph, MLM transformer) also score rc(x) with the target at L-1-pos, and the
+            two strands' probabilities are averaged (post-hoc conjoining; an arithmetic mean of
+            probabilities, where models.caduceus.conjoined_logits takes a mean of logits).
+            Caduceus-PS gives the same answer on both strands, so one is enough.
+    causal  (CLM transformer)  marin's four-allele rule: four copies of the window with A/C/G/T
+            at the target, the log-likelihood of each whole copy, log-softmax across the four.
+
+Rows longer than the model's context are cropped to a max_len window around the target.
+Windows are scored in fixed-size batches, grouped by length, the last batch padded: one
+compilation per distinct length, whatever the table size. A model whose arrays live on a
+device mesh (as during training) has its batches split over that mesh.
+
+Glossary: B windows in a batch, L window length, V vocabulary (8), K the four alleles a/c/g/t,
+R rows of the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from jaxtyping import Array, Float, Int
+from tqdm.auto import tqdm
+
+from nanodna import tokenizer
+from nanodna.evaluation.tables import EvalTable, default_pos
+
+def scoring_rule(model_cfg) -> str:
+    """'causal' for next-token models, 'masked' for everything else."""
+    return "causal" if getattr(model_cfg, "causal", False) else "masked"
+
+
+def default_strand_average(model_cfg) -> bool:
+    """Average both strands unless the model is RC-equivariant by construction (Caduceus-PS).
+    Causal models are scored on the given strand, as marin does."""
+    if scoring_rule(model_cfg) == "causal":
+        return False
+    return not (
+        getattr(model_cfg, "arch", None) == "caduceus" and getattr(model_cfg, "rcps", False)
+    )
+
+
+def masked_allele_log_probs(
+    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"]
+) -> Float[Array, "B 4"]:
+    """Mask the target, then log-softmax over a/c/g/t of the logits at the target."""
+    rows_B = jnp.arange(tokens_BL.shape[0])
+    masked_BL = tokens_BL.at[rows_B, pos_B].set(tokenizer.MASK)
+    logits_BLV = model(masked_BL)
+    logits_BK = logits_BLV[rows_B, pos_B][:, tokenizer.ACGT]
+    return jax.nn.log_softmax(logits_BK.astype(jnp.float32), axis=-1)
+
+
+def causal_allele_log_probs(
+    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"]
+) -> Float[Array, "B 4"]:
+    """Four-allele rule: log-likelihood of each allele's copy of the window, log-softmaxed."""
+    B, L = tokens_BL.shape
+    K = len(tokenizer.ACGT)
+    # Fold the four copies into the batch: row b*K + k carries allele k at the target.
+    copies_BKL = jnp.broadcast_to(tokens_BL[:, None, :], (B, K, L))
+    copies_BKL = copies_BKL.at[jnp.arange(B)[:, None], jnp.arange(K)[None, :], pos_B[:, None]].set(
+        jnp.asarray(tokenizer.ACGT, tokens_BL.dtype)[None, :]
+    )
+    copies_NL = copies_BKL.reshape(B * K, L)  # N = B*K sequences
+    logp_NLV = jax.nn.log_softmax(model(copies_NL)[:, :-1].astype(jnp.float32), axis=-1)
+    # logits at t predict token t+1
+    next_ll_NL = jnp.take_along_axis(logp_NLV, copies_NL[:, 1:, None], axis=-1)[..., 0]
+    # Tokens before the target do not see the allele: their terms are equal across the four
+    # copies and cancel in the log-softmax, so only tokens at index >= pos are summed.
+    after_NL = jnp.arange(1, L)[None, :] >= jnp.repeat(pos_B, K)[:, None]
+    ll_BK = jnp.where(after_NL, next_ll_NL, 0.0).sum(axis=-1).reshape(B, K)
+    return jax.nn.log_softmax(ll_BK, axis=-1)
+
+
+def allele_log_probs(
+    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"], rule: str, strand_average: bool
+) -> Float[Array, "B 4"]:
+    """log p(a/c/g/t at the target) under `rule`, optionally averaged over both strands."""
+    rule_fn = {"masked": masked_allele_log_probs, "causal": causal_allele_log_probs}[rule]
+    if not strand_average:
+        return rule_fn(model, tokens_BL, pos_B)
+    B, L = tokens_BL.shape
+    # Both strands in one model call: the reverse complement moves the target to L-1-pos.
+    both_BL = jnp.concatenate([tokens_BL, tokenizer.reverse_complement(tokens_BL)], axis=0)
+    lp_BK = rule_fn(model, both_BL, jnp.concatenate([pos_B, L - 1 - pos_B]))
+    fwd_BK = lp_BK[:B]
+    # On the reverse strand allele k is the complement of allele k on the forward one, and in
+    # a/c/g/t order the complement is the reversed order (t/g/c/a).
+    rc_BK = lp_BK[B:, ::-1]
+    return jnp.logaddexp(fwd_BK, rc_BK) - jnp.log(2.0)
+
+
+_allele_log_probs_jit = eqx.filter_jit(allele_log_probs)
+
+
+def context_window(length: int, pos: int, max_len: int | None) -> tuple[int, int]:
+    """[start, stop) of the window a row is scored on: the whole row when it fits in max_len,
+    else max_len bases with the target at max_len//2 - 1, pushed inside the row at its ends."""
+    if max_len is None or length <= max_len:
+        return 0, length
+    start = min(max(pos - default_pos(max_len), 0), length - max_len)
+    return start, start + max_len
+
+
+@dataclasses.dataclass
+class Scores:
+    """Per-row results of `score_table`, in table order."""
+
+    score_R: np.ndarray  # conservation: log p(ref); variant: log p(alt) - log p(ref)
+    log_probs_RK: np.ndarray  # log p(a), log p(c), log p(g), log p(t) at the target
+    window_pos_R: np.ndarray  # target index inside the scored window
+    rule: str
+    strand_average: bool
+    seconds: float  # wall time, compilation included
+
+    @property
+    def windows_per_s(self) -> float:
+        return len(self.score_R) / max(self.seconds, 1e-9)
+
+
+def score_table(
+    model,
+    model_cfg,
+    table: EvalTable,
+    batch_size: int = 64,
+    strand_average: bool | None = None,
+    progress: bool = False,
+) -> Scores:
+    """Score every row of `table` with the rule `model_cfg` calls for."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rule = scoring_rule(model_cfg)
+    if strand_average is None:
+        strand_average = default_strand_average(model_cfg)
+    max_len = getattr(model_cfg, "max_len", None)
+    model = eqx.nn.inference_mode(model)  # dropout off, if the model has any
+    sharding = batch_sharding(model)
+    if sharding is not None:  # every device gets an equal slice of each batch
+        n_dev = sharding.mesh.size
+        batch_size = -(-batch_size // n_dev) * n_dev
+
+    log_probs_RK = np.zeros((len(table), len(tokenizer.ACGT)), dtype=np.float32)
+    t0 = time.perf_counter()
+    with tqdm(total=len(table), unit="window", desc="scoring", disable=not progress) as bar:
+        pending = None
+        for rows, tokens_BL, pos_B in window_batches(table, max_len, batch_size):
+            if sharding is not None:
+                tokens_BL, pos_B = _put(tokens_BL, sharding), _put(pos_B, sharding)
+            out_BK = _allele_log_probs_jit(model, tokens_BL, pos_B, rule, strand_average)
+            # Fetch the previous batch only now, so the device works while we build this one.
+            if pending is not None:
+                _collect(log_probs_RK, *pending, bar)
+            pending = (rows, out_BK)
+        if pending is not None:
+            _collect(log_probs_RK, *pending, bar)
+    seconds = time.perf_counter() - t0
+
+    starts_R = [context_window(len(x), int(p), max_len)[0] for x, p in zip(table.ids, table.pos_R)]
+    return Scores(
+        score_R=task_scores(table, log_probs_RK),
+        log_probs_RK=log_probs_RK,
+        window_pos_R=table.pos_R - np.array(starts_R, dtype=np.int64),
+        rule=rule,
+        strand_average=strand_average,
+        seconds=seconds,
+    )
+
+
+def window_batches(table: EvalTable, max_len: int | None, batch_size: int):
+    """Yield (rows, tokens_BL, pos_B): every row's window, rows grouped by window length, in
+    batches of exactly batch_size (the last of a group padded with copies of its last row,
+    so each length compiles once); `rows` lists the table rows of the unpadded part."""
+    groups: dict[int, list[tuple[int, int]]] = {}  # window length -> [(row, window start)]
+    for i, (ids, pos) in enumerate(zip(table.ids, table.pos_R)):
+        start, stop = context_window(len(ids), int(pos), max_len)
+        groups.setdefault(stop - start, []).append((i, start))
+    for L, members in groups.items():
+        for b0 in range(0, len(members), batch_size):
+            batch = members[b0 : b0 + batch_size]
+            rows = [i for i, _ in batch]
+            batch += [batch[-1]] * (batch_size - len(batch))
+            tokens_BL = np.stack([table.ids[i][start : start + L] for i, start in batch]).astype(
+                np.int32
+            )
+            pos_B = np.array([table.pos_R[i] - start for i, start in batch], dtype=np.int32)
+            yield rows, tokens_BL, pos_B
+
+
+def batch_sharding(model) -> NamedSharding | None:
+    """Split batches over the model's mesh when its arrays live on one (as in training):
+    data-parallel scoring. None for a model on a single device."""
+    for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_array)):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh.size > 1:
+            return NamedSharding(sharding.mesh, PartitionSpec(sharding.mesh.axis_names))
+    return None
+
+
+def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    # Every process holds the whole batch and hands over the slices its devices own, so
+    # this works on one host or many.
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _collect(log_probs_RK: np.ndarray, rows: list[int], out_BK, bar) -> None:
+    if not out_BK.is_fully_addressable:  # multi-host: gather the other processes' slices
+        from jax.experimental import multihost_utils
+
+        out_BK = multihost_utils.process_allgather(out_BK, tiled=True)
+    log_probs_RK[rows] = np.asarray(out_BK)[: len(rows)]
+    bar.update(len(rows))
+
+
+def task_scores(
+    table: EvalTable, log_probs_RK: Float[np.ndarray, "R 4"]
+) -> Float[np.ndarray, " R"]:
+    """Allele log-probabilities -> the task's score per row."""
+    rows_R = np.arange(len(table))
+    lp_ref_R = log_probs_RK[rows_R, table.ref_R - tokenizer.A]
+    if table.task == "conservation":
+        return lp_ref_R
+    return log_probs_RK[rows_R, table.alt_R - tokenizer.A] - lp_ref_R

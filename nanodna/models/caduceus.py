@@ -1,0 +1,81 @@
+"""Caduceus: a BiMamba language model over DNA, RC-equivariant (PS) or RC-averaged (Ph).
+
+Glossary: B batch, L length, D d_model (per strand), V vocabulary; "B2" the folded batch of
+x and rc(x) (see rcps.py).
+
+    tokens -> embedding E -> n_layers x [h + BiMamba(RMSNorm(h))] -> RMSNorm -> logits (head tied to E)
+
+The residual stream h is float32 whatever the compute dtype (mamba-ssm's residual_in_fp32).
+Caduceus-PS (rcps=True) folds x and rc(x) into the batch and combines them at the head, so
+logits(rc(x)) = rc_logits(logits(x)) exactly. Caduceus-Ph (rcps=False) is the plain model;
+`conjoined_logits` averages it over both strands at inference.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from nanodna.models import rcps
+from nanodna.models.config import ModelConfig
+from nanodna.models.layers import RMSNorm, scan_layers, stack_layers
+from nanodna.models.mamba import BiMamba, make_bimamba
+from nanodna.tokenizer import reverse_complement
+
+EMBED_STD = 0.02  # mamba-ssm / Caduceus embedding init
+
+
+class MambaBlock(eqx.Module):
+    """Pre-norm residual block: h + BiMamba(RMSNorm(h)), h in float32."""
+
+    norm: RMSNorm
+    mixer: BiMamba
+    compute_dtype: str = eqx.field(static=True)
+
+    def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        x_BLD = self.norm(h_BLD).astype(self.compute_dtype)
+        return h_BLD + self.mixer(x_BLD).astype(jnp.float32)
+
+
+def make_block(cfg: ModelConfig, key: PRNGKeyArray) -> MambaBlock:
+    return MambaBlock(RMSNorm(cfg.d_model), make_bimamba(cfg, key), cfg.compute_dtype)
+
+
+class Caduceus(eqx.Module):
+    embed: Array  # (V, D); also the LM head's weight
+    blocks: MambaBlock  # stacked: every array has a leading n_layers axis
+    norm_f: RMSNorm
+    rcps: bool = eqx.field(static=True)
+    remat: bool = eqx.field(static=True)
+
+    def __init__(self, cfg: ModelConfig, key: PRNGKeyArray):
+        k_emb, k_blocks = jax.random.split(key)
+        self.embed = EMBED_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
+        self.blocks = stack_layers(lambda k: make_block(cfg, k), cfg.n_layers, k_blocks)
+        self.norm_f = RMSNorm(cfg.d_model)
+        self.rcps, self.remat = cfg.rcps, cfg.remat
+
+    def trunk(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        """Embeddings -> final normed hidden states: the blocks and the final norm."""
+        return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat))
+
+    def hidden(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L D"]:
+        """Final normed hidden states of one strand (no RC folding)."""
+        return self.trunk(self.embed[tokens_BL])
+
+    def __call__(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:
+        if self.rcps:
+            return rcps.head(self.hidden(rcps.fold(tokens_BL)), self.embed)
+        return jnp.einsum("bld,vd->blv", self.hidden(tokens_BL), self.embed)
+
+
+def conjoined_logits(model: eqx.Module, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:
+    """Post-hoc conjoining (Caduceus-Ph): average logits(x) and the strand-aligned logits(rc(x)).
+
+    The result is RC-equivariant by construction, whatever the model. We average logits
+    (log-probabilities up to a constant), i.e. a geometric mean of the two strands' predictions.
+    """
+    logits_rc = rcps.rc_logits(model(reverse_complement(tokens_BL)))
+    return 0.5 * (model(tokens_BL) + logits_rc)

@@ -1,0 +1,70 @@
+"""ModelConfig: every architecture choice of the two model families, in one dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+ARCHS = ("caduceus", "transformer")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    arch: str = "caduceus"  # "caduceus" (BiMamba, PlantCAD1) | "transformer" (Llama-style)
+    d_model: int = 128  # residual width; with RCPS this is per strand (the published convention)
+    n_layers: int = 4
+    vocab_size: int = 8  # 7 tokens padded to 8 (nanodna.tokenizer)
+    max_len: int = 512  # longest window the model is meant for (bp)
+    # --- Caduceus / Mamba v1 ---
+    d_state: int = 16  # N, SSM state per channel
+    d_conv: int = 4  # depthwise causal conv width
+    expand: int = 2  # d_inner = expand * d_model
+    rcps: bool = True  # Caduceus-PS (RC parameter sharing); False = Caduceus-Ph
+    bidirectional: bool = True  # BiMamba: forward + reverse mixer, outputs added
+    tie_in_out_proj: bool = True  # the reverse mixer shares in_proj / out_proj
+    scan_impl: str = "auto"  # nanodna.ops.selective_scan impl
+    # --- Transformer ---
+    n_heads: int = 4
+    d_ff: int | None = None  # SwiGLU hidden; None -> 8/3 d_model rounded up to a multiple of 128
+    causal: bool = False  # True: causal LM (next token); False: bidirectional MLM
+    rope_theta: float = 10000.0
+    # --- both ---
+    compute_dtype: str = "float32"  # params stay float32; matmuls run in this dtype
+    remat: bool = False  # jax.checkpoint each block: recompute activations in the backward
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"ModelConfig.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(
+                f"ModelConfig.compute_dtype must be one of {COMPUTE_DTYPES}, "
+                f"got {self.compute_dtype!r}"
+            )
+        for name in ("d_model", "n_layers", "vocab_size", "max_len", "d_state", "d_conv", "expand"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.arch == "transformer":
+            if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+                raise ValueError(
+                    f"transformer d_model {self.d_model} must split into {self.n_heads} heads "
+                    "of even size (rotary embeddings rotate pairs)"
+                )
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def dt_rank(self) -> int:
+        return math.ceil(self.d_model / 16)
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        return 128 * math.ceil(8 * self.d_model / 3 / 128)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads

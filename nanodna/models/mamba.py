@@ -1,0 +1,175 @@
+"""Mamba v1 mixer and its bidirectional form (BiMamba), as in mamba-ssm / Caduceus.
+
+Glossary: B batch, L length, D d_model, E d_inner (= expand * D), N d_state, R dt_rank,
+K conv width.
+
+Mamba mixer:  x, z = in_proj(h);  x = silu(causal depthwise conv(x));  dt, B, C = x_proj(x);
+              y = selective_scan(x, dt_proj(dt), A, B, C, D, gate z, softplus(+dt bias));
+              out = out_proj(y)
+BiMamba adds a second mixer that reads the sequence backwards (flip -> mamba -> flip). With
+tied projections the reverse mixer shares in_proj and out_proj; both are position-wise and
+linear, so we apply in_proj once, run the two direction-specific parts (conv, x_proj, dt_proj,
+A, D) and apply out_proj once to the sum: the same function at half the projection FLOPs. The
+reverse direction runs its conv anti-causally and its scan with reverse=True instead of
+flipping the arrays, and both scans go through ops.selective_scan_bidirectional (one fused
+launch with the Pallas kernel); tests check all this against the literal flip-mamba-flip.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from nanodna.models.config import ModelConfig
+from nanodna.models.layers import Linear
+from nanodna.ops.scan import selective_scan, selective_scan_bidirectional
+
+DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 0.1, 1e-4  # mamba-ssm's dt initialisation range
+
+
+def depthwise_conv(
+    x_BLE: Float[Array, "B L E"], w_EK: Float[Array, "E K"], b_E: Float[Array, " E"],
+    reverse: bool = False,
+) -> Float[Array, "B L E"]:
+    """Per-channel conv of width K: causal (taps t-K+1..t), or anti-causal when reverse.
+
+    Causal matches PyTorch's Conv1d(padding=K-1) truncated to L; the anti-causal form equals
+    flip(causal(flip(x))), which is what the reverse mixer computes.
+    """
+    K, L = w_EK.shape[1], x_BLE.shape[1]
+    w_EK, b_E = w_EK.astype(x_BLE.dtype), b_E.astype(x_BLE.dtype)
+    pad = (0, K - 1) if reverse else (K - 1, 0)
+    x_pad = jnp.pad(x_BLE, ((0, 0), pad, (0, 0)))
+    y_BLE = b_E
+    for k in range(K):  # K is tiny (4): shifted multiply-adds, no conv layout shuffles
+        tap = w_EK[:, K - 1 - k] if reverse else w_EK[:, k]
+        y_BLE = y_BLE + x_pad[:, k : k + L] * tap
+    return y_BLE
+
+
+class SelectiveSSM(eqx.Module):
+    """The direction-specific part of a Mamba mixer: conv1d, x_proj, dt_proj, A_log, D."""
+
+    conv_weight: Array  # (E, K)
+    conv_bias: Array  # (E,)
+    x_proj: Linear  # E -> R + 2N
+    dt_proj: Linear  # R -> E, bias = inverse softplus of the initial dt
+    A_log: Array  # (E, N); A = -exp(A_log)
+    D: Array  # (E,) skip
+    d_state: int = eqx.field(static=True)
+    scan_impl: str = eqx.field(static=True)
+
+    def __init__(self, cfg: ModelConfig, key: PRNGKeyArray):
+        E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+        k_cw, k_cb, k_x, k_dtw, k_dt = jax.random.split(key, 5)
+        bound = 1.0 / math.sqrt(K)  # PyTorch Conv1d default (fan_in = K for depthwise)
+        self.conv_weight = jax.random.uniform(k_cw, (E, K), minval=-bound, maxval=bound)
+        self.conv_bias = jax.random.uniform(k_cb, (E,), minval=-bound, maxval=bound)
+        self.x_proj = Linear(E, R + 2 * N, k_x, dtype=cfg.compute_dtype)
+        # dt_proj: weight U(+-R^-0.5) keeps dt_proj(dt) O(1) at init; the bias puts
+        # softplus(bias) = dt log-uniform in [DT_MIN, DT_MAX], so memories span 10 to 1000 steps.
+        dt_proj = Linear(R, E, k_dtw, bias=True, dtype=cfg.compute_dtype)
+        w = jax.random.uniform(k_dtw, (E, R), minval=-(R**-0.5), maxval=R**-0.5)
+        log_dt = jax.random.uniform(k_dt, (E,), minval=math.log(DT_MIN), maxval=math.log(DT_MAX))
+        dt = jnp.maximum(jnp.exp(log_dt), DT_FLOOR)
+        inv_softplus_dt = dt + jnp.log(-jnp.expm1(-dt))
+        self.dt_proj = eqx.tree_at(lambda m: (m.weight, m.bias), dt_proj, (w, inv_softplus_dt))
+        # S4D-real: A[e, n] = -(n + 1), the same for every channel.
+        self.A_log = jnp.log(jnp.broadcast_to(jnp.arange(1, N + 1, dtype=jnp.float32), (E, N)))
+        self.D = jnp.ones((E,), jnp.float32)
+        self.d_state = N
+        self.scan_impl = cfg.scan_impl
+
+    def scan_inputs(self, x_BLE: Float[Array, "B L E"], reverse: bool = False):
+        """conv -> silu -> x_proj -> dt_proj: the selective scan's (u, delta, A, B, C)."""
+        x_BLE = jax.nn.silu(depthwise_conv(x_BLE, self.conv_weight, self.conv_bias, reverse))
+        R, N = self.dt_proj.weight.shape[1], self.d_state
+        dbc = self.x_proj(x_BLE)
+        dt_BLR, B_BLN, C_BLN = dbc[..., :R], dbc[..., R : R + N], dbc[..., R + N :]
+        # dt_proj's bias is added inside the scan (float32, before softplus), as in mamba-ssm.
+        dt_BLE = jnp.einsum("blr,er->ble", dt_BLR, self.dt_proj.weight.astype(dt_BLR.dtype))
+        return x_BLE, dt_BLE, -jnp.exp(self.A_log), B_BLN, C_BLN
+
+    def __call__(
+        self, x_BLE: Float[Array, "B L E"], z_BLE: Float[Array, "B L E"], reverse: bool = False
+    ) -> Float[Array, "B L E"]:
+        u_BLE, dt_BLE, A_EN, B_BLN, C_BLN = self.scan_inputs(x_BLE, reverse)
+        return selective_scan(
+            u_BLE, dt_BLE, A_EN, B_BLN, C_BLN, D=self.D, z=z_BLE,
+            delta_bias=self.dt_proj.bias, delta_softplus=True, reverse=reverse,
+            impl=self.scan_impl,
+        )
+
+
+def _out_proj(cfg: ModelConfig, key: PRNGKeyArray) -> Linear:
+    """out_proj shrunk by 1/sqrt(n_layers) (GPT-2 style, mamba-ssm's _init_weights): the
+    residual stream's variance then stays O(1) however deep the stack."""
+    lin = Linear(cfg.d_inner, cfg.d_model, key, dtype=cfg.compute_dtype)
+    return eqx.tree_at(lambda m: m.weight, lin, lin.weight / math.sqrt(cfg.n_layers))
+
+
+class Mamba(eqx.Module):
+    """One unidirectional Mamba v1 mixer: (B, L, D) -> (B, L, D)."""
+
+    in_proj: Linear  # D -> 2E (x and gate z), no bias
+    ssm: SelectiveSSM
+    out_proj: Linear  # E -> D, no bias
+
+    def __call__(
+        self, h_BLD: Float[Array, "B L D"], reverse: bool = False
+    ) -> Float[Array, "B L D"]:
+        x_BLE, z_BLE = jnp.split(self.in_proj(h_BLD), 2, axis=-1)
+        return self.out_proj(self.ssm(x_BLE, z_BLE, reverse=reverse))
+
+
+def make_mamba(cfg: ModelConfig, key: PRNGKeyArray) -> Mamba:
+    k_in, k_ssm, k_out = jax.random.split(key, 3)
+    return Mamba(
+        in_proj=Linear(cfg.d_model, 2 * cfg.d_inner, k_in, dtype=cfg.compute_dtype),
+        ssm=SelectiveSSM(cfg, k_ssm),
+        out_proj=_out_proj(cfg, k_out),
+    )
+
+
+class BiMamba(eqx.Module):
+    """Forward Mamba + reverse Mamba, outputs added (Caduceus' "add" strategy).
+
+    Tied (the PlantCAD setting): rev is only a SelectiveSSM and shares fwd's projections.
+    Untied: rev is a full Mamba. Unidirectional (bidirectional=False): rev is None.
+    """
+
+    fwd: Mamba
+    rev: Mamba | SelectiveSSM | None
+
+    def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        if self.rev is None:
+            return self.fwd(h_BLD)
+        if isinstance(self.rev, Mamba):
+            return self.fwd(h_BLD) + self.rev(h_BLD, reverse=True)
+        # Tied: both directions read one in_proj output and share the gate z; their scans
+        # go to one call (a single fused launch with the Pallas kernel) and are summed.
+        x_BLE, z_BLE = jnp.split(self.fwd.in_proj(h_BLD), 2, axis=-1)
+        fwd, rev = self.fwd.ssm, self.rev
+        per_dir = zip(fwd.scan_inputs(x_BLE), rev.scan_inputs(x_BLE, reverse=True))
+        u, dt, A, B, C = (jnp.stack(pair) for pair in per_dir)
+        y_BLE = selective_scan_bidirectional(
+            u, dt, A, B, C, D=jnp.stack([fwd.D, rev.D]), z=z_BLE,
+            delta_bias=jnp.stack([fwd.dt_proj.bias, rev.dt_proj.bias]),
+            delta_softplus=True, impl=fwd.scan_impl,
+        )
+        return self.fwd.out_proj(y_BLE)
+
+
+def make_bimamba(cfg: ModelConfig, key: PRNGKeyArray) -> BiMamba:
+    k_fwd, k_rev = jax.random.split(key)
+    if not cfg.bidirectional:
+        rev = None
+    elif cfg.tie_in_out_proj:
+        rev = SelectiveSSM(cfg, k_rev)
+    else:
+        rev = make_mamba(cfg, k_rev)
+    return BiMamba(fwd=make_mamba(cfg, k_fwd), rev=rev)

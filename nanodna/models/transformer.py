@@ -1,0 +1,124 @@
+"""Llama-style transformer over DNA: bidirectional masked LM or causal LM.
+
+Glossary: B batch, L length, D d_model, H heads, K head dim, F SwiGLU hidden, V vocabulary.
+
+    tokens -> embedding -> n_layers x [h + Attn(RMSNorm(h)); h + SwiGLU(RMSNorm(h))] -> RMSNorm -> head
+
+Rotary positions, no biases, residual stream in float32. The head is NOT tied to the
+embedding (Llama / the marin DNA reproduction leave them separate; with V = 8 it costs 8*D
+parameters). Attention goes through jax.nn.dot_product_attention with implementation=None, so
+XLA picks cuDNN flash attention on GPU where it can and a plain kernel elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from nanodna.models.config import ModelConfig
+from nanodna.models.layers import Linear, RMSNorm, scan_layers, stack_layers
+
+INIT_STD = 0.02  # GPT-2 / Llama init for projections and the embedding
+
+
+def rope(x_BLHK: Float[Array, "B L H K"], theta: float) -> Float[Array, "B L H K"]:
+    """Rotary position embedding: rotate channel pairs (k, k + K/2) by angle pos * theta^(-2k/K)."""
+    L, K = x_BLHK.shape[1], x_BLHK.shape[3]
+    inv_freq = theta ** (-jnp.arange(0, K // 2, dtype=jnp.float32) * 2 / K)
+    angle_LK = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    cos, sin = jnp.cos(angle_LK)[None, :, None, :], jnp.sin(angle_LK)[None, :, None, :]
+    x = x_BLHK.astype(jnp.float32)
+    x1, x2 = x[..., : K // 2], x[..., K // 2 :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BLHK.dtype)
+
+
+class Attention(eqx.Module):
+    wq: Linear
+    wk: Linear
+    wv: Linear
+    wo: Linear
+    n_heads: int = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+    rope_theta: float = eqx.field(static=True)
+
+    def __call__(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        Bsz, L, Dm = x_BLD.shape
+        H = self.n_heads
+        q, k, v = (w(x_BLD).reshape(Bsz, L, H, Dm // H) for w in (self.wq, self.wk, self.wv))
+        q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+        o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=None)
+        return self.wo(o_BLHK.reshape(Bsz, L, Dm))
+
+
+class SwiGLU(eqx.Module):
+    w_gate: Linear
+    w_up: Linear
+    w_down: Linear
+
+    def __call__(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        return self.w_down(jax.nn.silu(self.w_gate(x_BLD)) * self.w_up(x_BLD))
+
+
+class TransformerBlock(eqx.Module):
+    attn_norm: RMSNorm
+    attn: Attention
+    mlp_norm: RMSNorm
+    mlp: SwiGLU
+    compute_dtype: str = eqx.field(static=True)
+
+    def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        cdt = self.compute_dtype
+        h_BLD = h_BLD + self.attn(self.attn_norm(h_BLD).astype(cdt)).astype(jnp.float32)
+        return h_BLD + self.mlp(self.mlp_norm(h_BLD).astype(cdt)).astype(jnp.float32)
+
+
+def make_block(cfg: ModelConfig, key: PRNGKeyArray) -> TransformerBlock:
+    D, F, cdt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
+    ks = jax.random.split(key, 7)
+    # Output projections shrink by 1/sqrt(2 n_layers): two residual writes per block.
+    out_std = INIT_STD / math.sqrt(2 * cfg.n_layers)
+    attn = Attention(
+        wq=Linear(D, D, ks[0], std=INIT_STD, dtype=cdt),
+        wk=Linear(D, D, ks[1], std=INIT_STD, dtype=cdt),
+        wv=Linear(D, D, ks[2], std=INIT_STD, dtype=cdt),
+        wo=Linear(D, D, ks[3], std=out_std, dtype=cdt),
+        n_heads=cfg.n_heads, causal=cfg.causal, rope_theta=cfg.rope_theta,
+    )
+    mlp = SwiGLU(
+        w_gate=Linear(D, F, ks[4], std=INIT_STD, dtype=cdt),
+        w_up=Linear(D, F, ks[5], std=INIT_STD, dtype=cdt),
+        w_down=Linear(F, D, ks[6], std=out_std, dtype=cdt),
+    )
+    return TransformerBlock(RMSNorm(D), attn, RMSNorm(D), mlp, cdt)
+
+
+class Transformer(eqx.Module):
+    embed: Array  # (V, D)
+    blocks: TransformerBlock  # stacked: every array has a leading n_layers axis
+    norm_f: RMSNorm
+    head: Array  # (V, D), untied
+    remat: bool = eqx.field(static=True)
+
+    def __init__(self, cfg: ModelConfig, key: PRNGKeyArray):
+        k_emb, k_blocks, k_head = jax.random.split(key, 3)
+        self.embed = INIT_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
+        self.blocks = stack_layers(lambda k: make_block(cfg, k), cfg.n_layers, k_blocks)
+        self.norm_f = RMSNorm(cfg.d_model)
+        self.head = INIT_STD * jax.random.normal(k_head, (cfg.vocab_size, cfg.d_model))
+        self.remat = cfg.remat
+
+    def trunk(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        """Embeddings -> final normed hidden states: the blocks and the final norm."""
+        return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat))
+
+    def hidden(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L D"]:
+        return self.trunk(self.embed[tokens_BL])
+
+    def __call__(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:
+        # The head runs in float32: V = 8 makes it free, and logits feed a softmax.
+        return jnp.einsum("bld,vd->blv", self.hidden(tokens_BL), self.head)

@@ -1,0 +1,78 @@
+"""The device mesh and where each array lives on it.
+
+One mesh axis, "data": the batch is split over it; parameters and optimizer state are either
+replicated on every device (plain data parallelism) or, with FSDP, each large array is split
+along its largest dimension that the device count divides, and XLA inserts the all-gathers and
+reduce-scatters.
+
+The axis is of type Auto on purpose. Current JAX's `jax.make_mesh` defaults to Explicit axes,
+where shardings become part of every array's type and each op must say how its output is
+sharded; our models are written as ordinary single-device code, and Auto lets the compiler
+(GSPMD / Shardy) propagate the input and output shardings we pin on the jitted step.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def maybe_initialize_distributed(enabled: bool) -> None:
+    """Join a multi-host job. jax reads the coordinator, process count and index from the
+    cluster's environment (SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS etc.)."""
+    if enabled or os.environ.get("NANODNA_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh named "data" over the first `num_devices` devices (all if None)."""
+    devices = jax.devices()
+    n = len(devices) if num_devices is None else num_devices
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"train.num_devices={n}, but {len(devices)} device(s) are available")
+    return Mesh(np.array(devices[:n]), (DATA,), axis_types=(AxisType.Auto,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over "data", the rest whole."""
+    return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: tuple[int, ...], n_devices: int, min_size: int) -> P:
+    """Shard the largest axis that n_devices divides; small or indivisible arrays: replicate."""
+    if n_devices == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % n_devices == 0:
+            spec = [None] * len(shape)
+            spec[axis] = DATA
+            return P(*spec)
+    return P()
+
+
+def state_shardings(abstract_tree, mesh: Mesh, fsdp: bool, min_size: int):
+    """A NamedSharding for each array leaf of `abstract_tree` (ShapeDtypeStructs or arrays).
+
+    The rule depends on the shape only, so AdamW's moments get the sharding of their parameter.
+    """
+    n = mesh.devices.size
+
+    def one(x):
+        return NamedSharding(mesh, fsdp_spec(x.shape, n, min_size) if fsdp else P())
+
+    return jax.tree.map(one, abstract_tree)
+
+
+def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Host batch -> global device arrays. Each process passes its own slice of the global
+    batch (the data stream yields per-process batches), so this works on one or many hosts."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,190 @@
+"""eval.py and what it runs: outputs written, the training loop's fast path, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nanodna import tokenizer
+from nanodna.evaluation import conservation, metrics, report
+from nanodna.evaluation.tables import read_table
+from nanodna.models import ModelConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Neighbours(eqx.Module):
+    """Stand-in masked LM: logits at l from the tokens at l-1 and l+1."""
+
+    left_VV: jax.Array
+    right_VV: jax.Array
+
+    def __call__(self, tokens_BL):
+        return (
+            self.left_VV[jnp.roll(tokens_BL, 1, axis=1)]
+            + self.right_VV[jnp.roll(tokens_BL, -1, axis=1)]
+        )
+
+
+def write_table(path, rng, n=40, length=20, variant=False):
+    seqs = ["".join(rng.choice(list("ACGT"), size=length)) for _ in range(n)]
+    labels = np.resize([0, 1], n)
+    rng.shuffle(labels)
+    with open(path, "w") as f:
+        if variant:
+            f.write("sequence\tpos\tref\talt\n")
+            for s in seqs:
+                p = int(rng.integers(length))
+                f.write(f"{s}\t{p}\t{s[p]}\t{'C' if s[p] != 'C' else 'G'}\n")
+        else:
+            f.write("sequence\tlabel\n")
+            for s, y in zip(seqs, labels):
+                f.write(f"{s}\t{y}\n")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.fixture
+def model(rng):
+    k1, k2 = jax.random.split(jax.random.key(int(rng.integers(2**31))))
+    V = tokenizer.VOCAB_SIZE
+    return Neighbours(jax.random.normal(k1, (V, V)), jax.random.normal(k2, (V, V)))
+
+
+def test_evaluate_model_writes_outputs(tmp_path, rng, model):
+    cfg = ModelConfig(arch="caduceus", rcps=True, max_len=32)
+    table = read_table(write_table(tmp_path / "t.tsv", rng))
+    out = tmp_path / "res" / "results.json"
+    res = report.evaluate_model(
+        model, cfg, table, str(out), batch_size=16, bootstrap=50, info={"step": 3}
+    )
+    on_disk = json.loads(out.read_text())
+    assert (
+        on_disk["n"] == 40
+        and on_disk["step"] == 3
+        and on_disk["arch"] == "caduceus"
+        and on_disk["task"] == "conservation"
+    )
+    assert on_disk["roc_auc_ci"][0] <= on_disk["roc_auc"] <= on_disk["roc_auc_ci"][1]
+    assert (
+        on_disk["windows_per_s"] > 0
+        and on_disk["rule"] == "masked"
+        and not on_disk["strand_average"]
+    )
+    lines = (tmp_path / "res" / "scores.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    assert header[:4] == ["row", "pos", "ref", "label"] and len(lines) == 41
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    score = np.array([float(r["score"]) for r in rows])
+    label = np.array([int(r["label"]) for r in rows])
+    assert res["roc_auc"] == pytest.approx(metrics.roc_auc(label, score), abs=1e-4)
+    for name in ("roc.png", "hist.png"):
+        assert (tmp_path / "res" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_table_fast_path(tmp_path, rng, model):
+    cfg = ModelConfig(arch="transformer", causal=False, max_len=16)  # crops the 20-bp rows
+    path = write_table(tmp_path / "t.tsv", rng)
+    res = conservation.evaluate_table(model, cfg, path, batch_size=8, max_rows=30)
+    assert res["n"] == 30 and 0.0 <= res["roc_auc"] <= 1.0 and "roc_auc_ci" not in res
+    again = conservation.evaluate_table(model, cfg, path, batch_size=8, max_rows=30)
+    assert again["roc_auc"] == res["roc_auc"] and again["auprc"] == res["auprc"]
+    assert conservation.load_table(path, max_rows=30) is conservation.load_table(
+        path, max_rows=30
+    )  # cached
+    unlabelled = conservation.evaluate_table(
+        model, cfg, write_table(tmp_path / "v.tsv", rng, variant=True), task="variant"
+    )
+    assert unlabelled["n"] == 40 and "roc_auc" not in unlabelled
+
+
+def test_checkpoint_step(tmp_path):
+    for s in (5, 120, 40):
+        (tmp_path / "run" / "checkpoints" / str(s)).mkdir(parents=True)
+    assert report.checkpoint_step(tmp_path / "run") == 120
+    assert report.checkpoint_step(tmp_path / "run" / "checkpoints" / "40") == 40
+    assert report.checkpoint_step(tmp_path) is None
+
+
+def run_cli(*args):
+    # the child shares the suite's persistent compilation cache (set up in conftest.py)
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
+    cmd = [sys.executable, os.path.join(ROOT, "eval.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_cli_bad_table_is_one_line_exit_2(tmp_path):
+    (tmp_path / "bad.tsv").write_text("sequence\tlabel\nACGTACGT\t1\nACGTACGT\t7\n")
+    r = run_cli(
+        "--checkpoint", tmp_path, "--data", tmp_path / "bad.tsv", "--out", tmp_path / "r.json"
+    )
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ") and "row 1" in r.stderr
+    )
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_end_to_end(tmp_path, rng):
+    """A real tiny Caduceus saved by the training code's Checkpointer, scored by eval.py."""
+    pytest.importorskip(
+        "nanodna.data.stream", reason="needs the data stream's DataConfig for a saved Config"
+    )
+    from nanodna.config import Config, to_dict
+    from nanodna.data.stream import DataConfig
+    from nanodna.models import build_model
+    from nanodna.training.checkpoint import Checkpointer
+    from nanodna.training.step import TrainState
+
+    cfg = Config(
+        model=ModelConfig(arch="caduceus", d_model=8, n_layers=1, max_len=16), data=DataConfig()
+    )
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps(to_dict(cfg)))
+    key = jax.random.key(cfg.train.seed)
+
+    # Random values of the right shapes: this test is about plumbing, and skipping the real
+    # initialiser saves seconds of small-op compilation on CPU.
+    def is_float(x):
+        return isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+    shapes = eqx.filter(eqx.filter_eval_shape(build_model, cfg.model, key), is_float)
+    leaves, treedef = jax.tree.flatten(shapes)
+    keys = jax.random.split(key, len(leaves))
+    params = jax.tree.unflatten(
+        treedef, [0.1 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    )
+    ckpt = Checkpointer(str(workdir / "checkpoints"))
+    ckpt.save(
+        7,
+        TrainState(params, {"count": jnp.zeros((), jnp.int32)}, jnp.asarray(7, jnp.int32)),
+        {},
+        key,
+    )
+    ckpt.close()
+
+    data = write_table(tmp_path / "t.tsv", rng, n=24, length=24)  # longer than max_len: windowed
+    out = tmp_path / "eval" / "results.json"
+    r = run_cli(
+        "--checkpoint", workdir, "--data", data, "--out", out, "--batch-size", 8, "--bootstrap", 20
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert (
+        res["step"] == 7
+        and res["arch"] == "caduceus"
+        and res["n"] == 24
+        and 0 <= res["roc_auc"] <= 1
+    )
+    assert {"scores.tsv", "roc.png", "results.json"} <= set(os.listdir(tmp_path / "eval"))

@@ -1,0 +1,277 @@
+"""Scoring rules against hand computations with small stand-in models whose logits we control.
+
+The rule is what is under test, so the expected values call the stand-in model directly on
+inputs built here by hand (masked copy, reverse complement, four allele copies) and apply the
+rule in NumPy.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nanodna import tokenizer
+from nanodna.evaluation import scoring
+from nanodna.evaluation.tables import EvalTable, default_pos
+from nanodna.models import ModelConfig
+
+V = tokenizer.VOCAB_SIZE
+MLM_CFG = ModelConfig(
+    arch="transformer", causal=False, max_len=64
+)  # not RC-equivariant: strand average
+PS_CFG = ModelConfig(arch="caduceus", rcps=True, max_len=64)  # Caduceus-PS: one strand
+CLM_CFG = ModelConfig(arch="transformer", causal=True, max_len=64)
+
+
+class ConvLM(eqx.Module):
+    """Embedding + one 1-D convolution to logits; `causal` pads on the left only."""
+
+    emb_VD: jax.Array
+    w_KDV: jax.Array
+    causal: bool = eqx.field(static=True)
+
+    def __init__(self, key, causal=False, d=6, k=3):
+        k1, k2 = jax.random.split(key)
+        self.emb_VD = jax.random.normal(k1, (V, d))
+        self.w_KDV = jax.random.normal(k2, (k, d, V))
+        self.causal = causal
+
+    def __call__(self, tokens_BL):
+        K, L = self.w_KDV.shape[0], tokens_BL.shape[1]
+        pad = (K - 1, 0) if self.causal else ((K - 1) // 2, K // 2)
+        x_BLD = jnp.pad(self.emb_VD[tokens_BL], ((0, 0), pad, (0, 0)))
+        return sum(x_BLD[:, k : k + L] @ self.w_KDV[k] for k in range(K))
+
+
+class Echo(eqx.Module):
+    """Logits that copy the input token: a model that would cheat if the target were visible."""
+
+    def __call__(self, tokens_BL):
+        return 10.0 * jax.nn.one_hot(tokens_BL, V)
+
+
+class WhereAmI(eqx.Module):
+    """Logits that reveal where the target sits and how long the window is:
+    logit(a) = 0.01 * index, logit(c) = 0.01 * window length, logit(g) = logit(t) = 0."""
+
+    def __call__(self, tokens_BL):
+        B, L = tokens_BL.shape
+        idx_BL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.float32), (B, L))
+        out_BLV = jnp.zeros((B, L, V))
+        out_BLV = out_BLV.at[..., tokenizer.A].set(0.01 * idx_BL)
+        return out_BLV.at[..., tokenizer.C].set(0.01 * L)
+
+
+class Bias(eqx.Module):
+    """The same logits everywhere: the allele probabilities are softmax(bias over a/c/g/t)."""
+
+    bias_V: jax.Array
+
+    def __call__(self, tokens_BL):
+        return jnp.broadcast_to(self.bias_V, tokens_BL.shape + (V,))
+
+
+def make_table(seqs, pos=None, labels=None, alts=None):
+    ids = [tokenizer.encode(s)[0] for s in seqs]
+    pos = np.array([default_pos(len(s)) for s in seqs] if pos is None else pos)
+    return EvalTable(
+        path="<test>",
+        task="conservation" if alts is None else "variant",
+        ids=ids,
+        pos_R=pos,
+        ref_R=np.array([x[p] for x, p in zip(ids, pos)], dtype=np.int64),
+        alt_R=None
+        if alts is None
+        else np.array([tokenizer.encode(a)[0][0] for a in alts], dtype=np.int64),
+        label_R=None if labels is None else np.asarray(labels),
+    )
+
+
+def random_seqs(rng, n, length):
+    return ["".join(rng.choice(list("ACGT"), size=length)) for _ in range(n)]
+
+
+def log_softmax(x):
+    x = np.asarray(x, np.float64)
+    return (
+        x
+        - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - x.max(-1, keepdims=True)
+    )
+
+
+def masked_lp(model, ids, p):
+    """Hand rule: [MASK] at p, logits at p, log-softmax over a/c/g/t."""
+    x = ids.astype(np.int32).copy()
+    x[p] = tokenizer.MASK
+    logits = np.asarray(model(jnp.asarray(x)[None]))[0, p]
+    return log_softmax(logits[tokenizer.ACGT])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.fixture
+def key(rng):
+    return jax.random.key(int(rng.integers(2**31)))
+
+
+def test_masked_rule_matches_hand_computation(rng, key):
+    model = ConvLM(key)
+    table = make_table(random_seqs(rng, 5, 20), pos=rng.integers(0, 20, size=5))
+    got = scoring.score_table(model, PS_CFG, table, batch_size=4)
+    assert got.rule == "masked" and not got.strand_average
+    for i in range(5):
+        lp = masked_lp(model, table.ids[i], table.pos_R[i])
+        np.testing.assert_allclose(got.log_probs_RK[i], lp, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            got.score_R[i], lp[table.ref_R[i] - tokenizer.A], rtol=1e-5, atol=1e-5
+        )
+
+
+class Spy:
+    """Records the tokens it is called with; predicts nothing."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, tokens_BL):
+        self.seen.append(np.asarray(tokens_BL))
+        return jnp.zeros(tokens_BL.shape + (V,))
+
+
+def test_model_sees_mask_at_target_only(rng):
+    tokens_BL = tokenizer.ACGT[rng.integers(0, 4, size=(3, 10))].astype(np.int32)
+    pos_B = rng.integers(0, 10, size=3)
+    spy = Spy()
+    scoring.masked_allele_log_probs(spy, jnp.asarray(tokens_BL), jnp.asarray(pos_B))
+    expected_BL = tokens_BL.copy()
+    expected_BL[np.arange(3), pos_B] = tokenizer.MASK
+    np.testing.assert_array_equal(spy.seen[0], expected_BL)
+
+
+def test_target_is_masked():
+    # Echo puts all its mass on the token it is given. Shown [MASK] at the target, it has no
+    # preference among a/c/g/t there: every allele gets exactly 1/4.
+    table = make_table(random_seqs(np.random.default_rng(), 6, 12))
+    for cfg in (PS_CFG, MLM_CFG):
+        got = scoring.score_table(Echo(), cfg, table, batch_size=4)
+        np.testing.assert_allclose(got.log_probs_RK, np.log(0.25), atol=1e-6)
+
+
+def test_strand_average_matches_hand_computation(rng, key):
+    model = ConvLM(key)
+    table = make_table(random_seqs(rng, 4, 15), pos=rng.integers(0, 15, size=4))
+    got = scoring.score_table(model, MLM_CFG, table, batch_size=3)
+    assert got.strand_average
+    for i in range(4):
+        x, p = table.ids[i], int(table.pos_R[i])
+        p_fwd = np.exp(masked_lp(model, x, p))
+        # on rc(x) the target sits at L-1-p and its allele order a/c/g/t reads t/g/c/a
+        p_rc = np.exp(masked_lp(model, tokenizer.reverse_complement(x), len(x) - 1 - p))[::-1]
+        np.testing.assert_allclose(
+            got.log_probs_RK[i], np.log((p_fwd + p_rc) / 2), rtol=1e-5, atol=1e-5
+        )
+    # the one-strand score differs for a model that is not RC-equivariant
+    assert not np.allclose(scoring.score_table(model, PS_CFG, table).score_R, got.score_R)
+
+
+def test_causal_four_allele_rule(rng, key):
+    model = ConvLM(key, causal=True)
+    L = 14
+    table = make_table(random_seqs(rng, 5, L), pos=[0, L - 1] + list(rng.integers(0, L, size=3)))
+    got = scoring.score_table(model, CLM_CFG, table, batch_size=2)
+    assert got.rule == "causal" and not got.strand_average
+    for i in range(5):
+        ll = []
+        for allele in tokenizer.ACGT:
+            x = table.ids[i].astype(np.int32).copy()
+            x[table.pos_R[i]] = allele
+            logp = log_softmax(np.asarray(model(jnp.asarray(x)[None]))[0])
+            # the whole sequence's next-token log-likelihood (all positions, not only >= pos)
+            ll.append(sum(logp[t - 1, x[t]] for t in range(1, L)))
+        lp = log_softmax(np.array(ll))
+        np.testing.assert_allclose(got.log_probs_RK[i], lp, rtol=1e-4, atol=1e-4)
+
+
+def test_long_rows_are_windowed_around_the_target(rng):
+    max_len, L = 16, 40
+    cfg = ModelConfig(arch="caduceus", rcps=True, max_len=max_len)
+    pos = [20, 3, 38, default_pos(L)]
+    table = make_table(random_seqs(rng, 4, L) + random_seqs(rng, 1, 9), pos=pos + [default_pos(9)])
+    got = scoring.score_table(WhereAmI(), cfg, table, batch_size=3)
+    lp = got.log_probs_RK.astype(np.float64)
+    seen_index = np.round((lp[:, 0] - lp[:, 2]) / 0.01).astype(int)
+    seen_length = np.round((lp[:, 1] - lp[:, 2]) / 0.01).astype(int)
+    c = default_pos(max_len)
+    # centred when it fits, else the window is clipped at the row's start / end
+    expected = [c, 3, 38 - (L - max_len), c, default_pos(9)]
+    np.testing.assert_array_equal(seen_index, expected)
+    np.testing.assert_array_equal(got.window_pos_R, expected)
+    np.testing.assert_array_equal(seen_length, [max_len] * 4 + [9])  # short rows as they are
+    assert scoring.context_window(L, 20, max_len) == (20 - c, 20 - c + max_len)
+
+
+@pytest.mark.parametrize("cfg", [PS_CFG, CLM_CFG], ids=["masked", "causal"])
+def test_variant_llr_sign(rng, cfg):
+    bias_V = np.zeros(V, np.float32)
+    bias_V[tokenizer.G] = 2.0  # the model prefers G everywhere
+    model = Bias(jnp.asarray(bias_V))
+    seqs, pos, alts = [], [], []
+    for ref, alt in [("A", "G"), ("G", "T"), ("C", "G"), ("G", "A"), ("T", "C")]:
+        s = list(random_seqs(rng, 1, 11)[0])
+        s[5] = ref
+        seqs.append("".join(s)), pos.append(5), alts.append(alt)
+    table = make_table(seqs, pos=pos, alts=alts)
+    got = scoring.score_table(model, cfg, table, batch_size=4)
+    np.testing.assert_array_equal(got.score_R > 0, [a == "G" for a in alts])
+    if cfg is PS_CFG:  # masked: log p(alt) - log p(ref) = bias difference
+        expected = [
+            bias_V[tokenizer.encode(a)[0][0]] - bias_V[tokenizer.encode(s[5])[0][0]]
+            for s, a in zip(seqs, alts)
+        ]
+        np.testing.assert_allclose(got.score_R, expected, atol=1e-5)
+    rows = np.arange(5)
+    np.testing.assert_allclose(
+        got.score_R,
+        got.log_probs_RK[rows, table.alt_R - 3] - got.log_probs_RK[rows, table.ref_R - 3],
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("cfg", [MLM_CFG, CLM_CFG], ids=["masked-both-strands", "causal"])
+def test_batch_size_invariance(rng, key, cfg):
+    model = ConvLM(key, causal=cfg.causal)
+    seqs = (
+        random_seqs(rng, 6, 13) + random_seqs(rng, 5, 21) + random_seqs(rng, 1, 80)
+    )  # 3 lengths, one cropped
+    table = make_table(seqs)
+    one = scoring.score_table(model, cfg, table, batch_size=1)
+    seven = scoring.score_table(model, cfg, table, batch_size=7)
+    # Not bit-identical: XLA may order a float32 reduction differently for another batch
+    # shape, and the causal score sums a whole window of log-likelihoods.
+    np.testing.assert_allclose(one.score_R, seven.score_R, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one.log_probs_RK, seven.log_probs_RK, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 2, reason="needs several (simulated) devices")
+def test_model_on_a_mesh_scores_data_parallel(rng, key):
+    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+    model = ConvLM(key)
+    mesh = Mesh(np.array(jax.devices()), ("data",), axis_types=(AxisType.Auto,))
+    on_mesh = jax.device_put(
+        model, NamedSharding(mesh, PartitionSpec())
+    )  # replicated, as in training
+    assert scoring.batch_sharding(on_mesh).mesh is mesh and scoring.batch_sharding(model) is None
+    table = make_table(random_seqs(rng, 11, 17))
+    # batch 3 is not a multiple of the device count: rounded up, padded, still the same scores
+    np.testing.assert_allclose(
+        scoring.score_table(on_mesh, MLM_CFG, table, batch_size=3).score_R,
+        scoring.score_table(model, MLM_CFG, table, batch_size=3).score_R,
+        rtol=1e-5,
+        atol=1e-5,
+    )
