@@ -1,11 +1,17 @@
-"""Demo: a small Caduceus-PS trained and evaluated on the embedded simulated genomes, on a CPU.
+"""Demo: a small causal transformer trained and evaluated on the embedded simulated genomes, on a CPU.
 
-    python train.py --config configs/demo.py          # about 10 minutes on a 2-core CPU
+    python train.py --config configs/demo.py          # about 9 minutes on a 2-core CPU
 
-Generates the simulated `demo` genome set (16 species x 200 kbp, ~20 s) into data/sim_demo on
-first use, trains under a wall-clock budget, then scores conservation ROC AUC on the simulated
-set's small table (target >= 0.65). Same recipe as plantcad_small.py, scaled to a CPU: a short
-window, a larger learning rate, and a WSD schedule whose decay ends the run.
+Generates the simulated `demo` genome set (16 species x 200 kbp, a few seconds) into
+data/sim_demo on first use, trains under a wall-clock budget, then scores conservation ROC AUC
+on the simulated set's small table (target >= 0.65) with the four-allele causal rule.
+
+Why a causal transformer and not PlantCAD's Caduceus-PS here: on a 2-core CPU the selective
+scan is the bottleneck (caduceus_tiny trains at ~3k tokens/s, this model at ~14k), and the
+causal objective puts a loss on every position instead of 15% of them. The model has to see
+~4M tokens before it leaves the base-composition plateau; only this recipe gets there inside
+the budget. configs/demo_caduceus.py is the same demo with PlantCAD's Caduceus-PS and masked
+objective (on this CPU its AUC stays near 0.5 within the budget; on a GPU it is the one to run).
 """
 
 from nanodna.config import Config, EvalConfig, OptimConfig, SimulateConfig, TrainConfig
@@ -17,19 +23,20 @@ SEQ_LEN = 128
 
 def get_config() -> Config:
     return Config(
-        # Caduceus-PS (BiMamba + RC parameter sharing), 64 channels per strand x 4 layers.
-        model=sizes.get("caduceus_tiny", max_len=SEQ_LEN),
+        # Causal transformer (RMSNorm, RoPE, SwiGLU), 96 wide x 4 layers, 4 heads: 0.44M params.
+        model=sizes.get("transformer_1m", d_model=96, n_layers=4, n_heads=4, causal=True,
+                        max_len=SEQ_LEN),
         data=DataConfig(
             store_dirs=(),  # empty: the simulated set's store, simulate.dir/store
             seq_len=SEQ_LEN,  # windows of 128 bp (PlantCAD: 512); the eval crops to this
             batch_size=32,  # windows per step
-            mode="mlm",  # 15% masking, 80/10/10, as PlantCAD
+            mode="clm",  # next-token loss on every position (repeats weighted 0.1)
             holdout_assemblies=("sim15",),  # validation loss on one unseen species
             eval_windows=256,  # fixed validation set size
             seed=0,
         ),
         optim=OptimConfig(
-            lr=2e-3,  # small model, short run: 10x PlantCAD's 2e-4
+            lr=3e-3,  # small model, short run: 15x PlantCAD's 2e-4
             b2=0.95,  # faster second-moment adaptation for a short run
             weight_decay=0.01,  # PlantCAD
             schedule="wsd",  # warmup, stable, then decay to 0.1 lr over the last 20%
@@ -46,7 +53,7 @@ def get_config() -> Config:
             keep_checkpoints=2,
         ),
         eval=EvalConfig(
-            every=1000,  # validation loss + ROC AUC on the small table during training
+            every=300,  # validation loss + ROC AUC on the small table during training
             val_batches=8,
             table=None,  # None: the simulated set's small table (400 sites)
             batch_size=64,
