@@ -11,7 +11,7 @@ scan is the bottleneck (caduceus_tiny trains at ~3k tokens/s, this model at ~14k
 causal objective puts a loss on every position instead of 15% of them. The model has to see
 ~4M tokens before it leaves the base-composition plateau; only this recipe gets there inside
 the budget. configs/demo_caduceus.py is the same demo with PlantCAD's Caduceus-PS and masked
-objective (on this CPU its AUC stays near 0.5 within the budget; on a GPU it is the one to run).
+objective: on this CPU it reaches only AUC 0.54 within the budget; on a GPU it is the one to run.
 """
 
 from nanodna.config import Config, EvalConfig, OptimConfig, SimulateConfig, TrainConfig
