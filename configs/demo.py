@@ -1,6 +1,6 @@
 """Demo: a small causal transformer trained and evaluated on the embedded simulated genomes, on a CPU.
 
-    python train.py --config configs/demo.py          # about 9 minutes on a 2-core CPU
+    python train.py --config configs/demo.py          # about 8 minutes on a 2-core CPU
 
 Generates the simulated `demo` genome set (16 species x 200 kbp, a few seconds) into
 data/sim_demo on first use, trains under a wall-clock budget, then scores conservation ROC AUC
