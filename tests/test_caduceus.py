@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from nanodna.models import build_model, conjoined_logits, rcps, sizes
-from nanodna.models.layers import layer_at, n_stacked, scan_layers
+from nanodna.models.layers import layer_at, scan_layers
 from nanodna.tokenizer import reverse_complement
+from tests._layer_loop import assert_scan_equals_python_loop
 
 # scan_impl "ref" compiles fastest; the other impls are checked against it in test_scan.py.
 CFG = dataclasses.replace(
@@ -115,15 +116,7 @@ def test_caduceus_is_bidirectional(model):
 
 def test_scan_over_layers_equals_python_loop(model):
     h = jax.random.normal(jax.random.key(10), (2, 12, CFG.d_model))
-
-    @jax.jit
-    def looped(h):
-        for i in range(n_stacked(model.blocks)):
-            h = layer_at(model.blocks, i)(h)
-        return model.norm_f(h)
-
-    scanned = eqx.filter_jit(lambda m, h: m.trunk(h))(model, h)
-    np.testing.assert_allclose(scanned, looped(h), **TOL)
+    assert_scan_equals_python_loop(model, h, **TOL)
 
 
 def test_remat_gives_the_same_gradients(model):

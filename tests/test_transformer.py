@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from nanodna.models import build_model, count_params, sizes
-from nanodna.models.layers import layer_at, n_stacked
 from nanodna.models.transformer import rope
+from tests._layer_loop import assert_scan_equals_python_loop
 
 CFG = dataclasses.replace(sizes.get("transformer_1m"), d_model=32, n_layers=2, n_heads=4)
 TOL = dict(rtol=2e-4, atol=2e-5)
@@ -55,14 +55,7 @@ def test_rope_scores_depend_only_on_relative_position():
 
 def test_scan_over_layers_equals_python_loop(mlm):
     h = jax.random.normal(jax.random.key(4), (2, 9, CFG.d_model))
-
-    @jax.jit
-    def looped(h):
-        for i in range(n_stacked(mlm.blocks)):
-            h = layer_at(mlm.blocks, i)(h)
-        return mlm.norm_f(h)
-
-    np.testing.assert_allclose(eqx.filter_jit(lambda m, h: m.trunk(h))(mlm, h), looped(h), **TOL)
+    assert_scan_equals_python_loop(mlm, h, **TOL)
 
 
 def test_logits_and_bfloat16_compute(mlm):

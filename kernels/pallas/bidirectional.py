@@ -20,7 +20,7 @@ from __future__ import annotations
 from jaxtyping import Array, Float
 
 from kernels.pallas.selective_scan import _check, make_plan, scan_stacked
-from nanodna.ops.scan import selective_scan_ref
+from nanodna.ops.scan import selective_scan_bidirectional
 
 
 def _check_stacked(u, delta, A, B, C, D, z, delta_bias):
@@ -70,11 +70,6 @@ def bidirectional_scan_ref(
     delta_bias: Float[Array, "2 D"] | None = None,
     delta_softplus: bool = False,
 ) -> Float[Array, "B L D"]:
-    """The same sum from two `selective_scan_ref` calls: the ground truth for the fused launch."""
-    pick = lambda x, s: None if x is None else x[s]  # noqa: E731
-    ys = [
-        selective_scan_ref(u[s], delta[s], A[s], B[s], C[s], pick(D, s), z, pick(delta_bias, s),
-                           delta_softplus=delta_softplus, reverse=bool(s))  # fmt: skip
-        for s in (0, 1)
-    ]
-    return ys[0] + ys[1]
+    """The same sum from two lax.scan reference calls: the ground truth for the fused launch."""
+    return selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias,
+                                        delta_softplus=delta_softplus, impl="ref")

@@ -118,17 +118,20 @@ def evolve(rng: np.random.Generator, cfg: SimConfig, anc: Ancestor, fams: Famili
     small_at = rng.choice(gap_ok, n_small)
     small_len = np.minimum(rng.geometric(1 / cfg.indel_mean_length, n_small), cfg.indel_max_length)
     small_codes = np.split(bg.take(int(small_len.sum())), np.cumsum(small_len)[:-1])
+    def uniform_piece(c, cls: int, repeat: bool):
+        """An inserted piece whose sites share one class, neutral rate and repeat flag."""
+        return (c, np.full(len(c), cls, np.uint8), np.ones(len(c), np.float32),
+                np.full(len(c), repeat, bool))
+
     for i, c in zip(small_at, small_codes):
         at.append(i)
-        pieces.append((c, np.full(len(c), anc_lib.NEUTRAL, np.uint8), np.ones(len(c), np.float32),
-                       np.zeros(len(c), bool)))
+        pieces.append(uniform_piece(c, anc_lib.NEUTRAL, repeat=False))
     counts["insertions"] = int(n_small)
     n_te = rng.poisson(cfg.te_young_per_mbp * n / 1e6)
     for i in rng.choice(gap_ok, n_te):
         c = anc_lib.te_copy(rng, cfg, fams, cfg.te_young_divergence)
         at.append(i)
-        pieces.append((c, np.full(len(c), anc_lib.REPEAT, np.uint8), np.ones(len(c), np.float32),
-                       np.ones(len(c), bool)))
+        pieces.append(uniform_piece(c, anc_lib.REPEAT, repeat=True))
     counts["young_transposons"] = int(n_te)
     n_gain = rng.poisson(cfg.gains_per_mbp * n / 1e6)
     for i in rng.choice(gap_ok, n_gain):

@@ -252,9 +252,9 @@ def selective_scan_bidirectional(
     A: Float[Array, "S D N"],
     B: Float[Array, "S B L N"],
     C: Float[Array, "S B L N"],
-    D: Float[Array, "S D"],
-    z: Float[Array, "B L D"],
-    delta_bias: Float[Array, "S D"],
+    D: Float[Array, "S D"] | None,
+    z: Float[Array, "B L D"] | None,
+    delta_bias: Float[Array, "S D"] | None,
     delta_softplus: bool = False,
     impl: str = "auto",
 ) -> Float[Array, "B L D"]:
@@ -272,9 +272,11 @@ def selective_scan_bidirectional(
         if kernel is not None:
             return kernel(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                           delta_softplus=delta_softplus)
+    pick = lambda x, s: None if x is None else x[s]  # noqa: E731
     ys = [
-        selective_scan(u[s], delta[s], A[s], B[s], C[s], D=D[s], z=z, delta_bias=delta_bias[s],
-                       delta_softplus=delta_softplus, reverse=bool(s), impl=impl)
+        selective_scan(u[s], delta[s], A[s], B[s], C[s], D=pick(D, s), z=z,
+                       delta_bias=pick(delta_bias, s), delta_softplus=delta_softplus,
+                       reverse=bool(s), impl=impl)
         for s in (0, 1)
     ]
     return ys[0] + ys[1]

@@ -265,7 +265,9 @@ def train(cfg: Config, workdir: str, *, build: Callable | None = None,
     data_it = train_iter(cfg)
     state, static, shardings, key, start, total = _restore_or_init(
         cfg, workdir, build, optimizer, mesh, ckpt, data_it, logger)
-    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    from nanodna.models import count_params  # lazy, like the other model imports here
+
+    n_params = count_params(state.params)
     if jax.process_index() == 0:
         print(f"model: {n_params:,} parameters; mesh: {mesh.devices.size} x "
               f"{jax.devices()[0].device_kind}; fsdp={tc.fsdp}")
