@@ -10,6 +10,7 @@ from jaxtyping import TypeCheckError
 
 from kernels.pallas import bidirectional_scan_pallas, bidirectional_scan_ref
 from kernels.pallas.bidirectional import _check_stacked
+from kernels.pallas.selective_scan import _is_hopper_or_newer
 
 ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 TOL = {jnp.float32: dict(rtol=6e-4, atol=2e-3), jnp.bfloat16: dict(rtol=3e-2, atol=5e-2)}
@@ -37,13 +38,17 @@ def value_and_vjp(fn, x, ct):
 
 
 @pytest.mark.parametrize(
-    "dtype, backend", [(jnp.float32, "interpret"), (jnp.bfloat16, "triton_interpret")]
+    "dtype, backend",
+    [(jnp.float32, "interpret"), (jnp.bfloat16, "triton_interpret"),
+     (jnp.bfloat16, "mosaic_gpu_interpret")],
 )
 def test_fused_matches_two_reference_scans(dtype, backend):
     # Batch 4 = 2 sequences x 2 RC strands folded in; odd L, D and N force padding.
     x = make_inputs(7, 4, 19, 6, 3, dtype)
     ct = jax.random.normal(jax.random.key(8), x["z"].shape).astype(dtype)
-    fused = functools.partial(bidirectional_scan_pallas, chunk=4, block_d=4, interpret=backend)
+    block_d = None if backend.startswith("mosaic_gpu") else 4  # Mosaic GPU: 128, one per thread
+    fused = functools.partial(bidirectional_scan_pallas, chunk=8, block_d=block_d,
+                              interpret=backend)  # fmt: skip
     y, grads = value_and_vjp(fused, x, ct)
     y_ref, grads_ref = value_and_vjp(bidirectional_scan_ref, x, ct)
     for name, got, want in [("y", y, y_ref)] + [(f"d{k}", grads[k], grads_ref[k]) for k in ARGS]:
@@ -53,11 +58,12 @@ def test_fused_matches_two_reference_scans(dtype, backend):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL[dtype])
 
 
-def test_lowers_for_gpu():
+@pytest.mark.parametrize("backend", ["triton", "mosaic_gpu"])
+def test_lowers_for_gpu(backend):
     x = make_inputs(10, 2, 64, 64, 16, jnp.bfloat16)
 
     def loss(x):
-        y = bidirectional_scan_pallas(**x, delta_softplus=True, interpret="triton")
+        y = bidirectional_scan_pallas(**x, delta_softplus=True, interpret=backend)
         return y.astype(jnp.float32).sum()
 
     text = jax.jit(jax.grad(loss)).trace(x).lower(lowering_platforms=("cuda",)).as_text()
@@ -77,10 +83,13 @@ def test_needs_two_directions():
 @pytest.mark.gpu
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_gpu_fused_launch(dtype):
+@pytest.mark.parametrize("backend", ["triton", "mosaic_gpu"])
+def test_gpu_fused_launch(dtype, backend):
+    if backend == "mosaic_gpu" and not _is_hopper_or_newer():
+        pytest.skip("Mosaic GPU needs Hopper (sm_90) or newer")
     x = make_inputs(12, 4, 300, 200, 16, dtype)
     ct = jax.random.normal(jax.random.key(13), x["z"].shape).astype(dtype)
-    fused = functools.partial(bidirectional_scan_pallas, interpret=False)
+    fused = functools.partial(bidirectional_scan_pallas, interpret=backend)
     y, grads = value_and_vjp(fused, x, ct)
     y_ref, grads_ref = value_and_vjp(bidirectional_scan_ref, x, ct)
     for name, got, want in [("y", y, y_ref)] + [(f"d{k}", grads[k], grads_ref[k]) for k in ARGS]:

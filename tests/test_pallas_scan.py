@@ -13,7 +13,13 @@ import pytest
 from jaxtyping import TypeCheckError
 
 from kernels.pallas import selective_scan_pallas, sharded_selective_scan
-from kernels.pallas.selective_scan import make_plan, scan_stacked
+from kernels.pallas.selective_scan import (
+    GPU_BACKEND_ENV,
+    _is_hopper_or_newer,
+    backend_for_platform,
+    make_plan,
+    scan_stacked,
+)
 from nanodna.ops.scan import selective_scan_ref
 
 ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -108,9 +114,40 @@ def test_gpu_layout_in_interpreter(bwd_in_registers):
     check_against_ref(x, jnp.float32, softplus=True, reverse=False, impl=gpu_layout)
 
 
+def test_mosaic_gpu_program_in_interpreter():
+    # The Hopper program (mosaic_gpu.py) in JAX's GPU interpreter, which fills fresh buffers
+    # with NaN and simulates TMA copies and barriers: L=40 is 3 chunks of 16 with padding,
+    # D=130 two 128-channel tiles (one mostly padding), N=5 padded to 8, reverse direction.
+    x = make_inputs(51, 2, 40, 130, 5)
+    check_against_ref(x, jnp.float32, softplus=True, reverse=True,
+                      interpret="mosaic_gpu_interpret")  # fmt: skip
+
+
+def test_mosaic_gpu_rejects_what_it_cannot_hold():
+    x = make_inputs(52, 1, 64, 8, 64)
+    with pytest.raises(ValueError, match="shared memory"):  # chunk 32 at N=64: > 220 KiB
+        selective_scan_pallas(**x, chunk=32, interpret="mosaic_gpu_interpret")
+    with pytest.raises(ValueError, match="block_d must be 128"):
+        selective_scan_pallas(**x, block_d=64, interpret="mosaic_gpu_interpret")
+
+
+def test_gpu_backend_choice(monkeypatch):
+    assert backend_for_platform("cpu") == "interpret" and backend_for_platform("tpu") == "mosaic_tpu"
+    monkeypatch.setenv(GPU_BACKEND_ENV, "triton")
+    assert backend_for_platform("gpu") == "triton"
+    monkeypatch.setenv(GPU_BACKEND_ENV, "mosaic_gpu")
+    assert backend_for_platform("gpu") == "mosaic_gpu"
+    monkeypatch.setenv(GPU_BACKEND_ENV, "cuda")
+    with pytest.raises(ValueError, match=GPU_BACKEND_ENV):
+        backend_for_platform("gpu")
+    monkeypatch.delenv(GPU_BACKEND_ENV)  # here (CPU process): not Hopper, so Triton
+    assert backend_for_platform("gpu") == ("mosaic_gpu" if _is_hopper_or_newer() else "triton")
+
+
 @pytest.mark.parametrize(
     "backend, platform, registers",
-    [("triton", "cuda", False), ("triton", "cuda", True), ("mosaic_tpu", "tpu", False)],
+    [("triton", "cuda", False), ("triton", "cuda", True), ("mosaic_tpu", "tpu", False),
+     ("mosaic_gpu", "cuda", False)],
 )
 def test_lowers_for_gpu_and_tpu(backend, platform, registers):
     """Forward and backward lower to Triton / Mosaic without a device (catches unsupported ops)."""
@@ -172,8 +209,10 @@ def test_bench_smoke(tmp_path, capsys):
 
     results = bench.main(["--smoke", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").exists() and (tmp_path / "log.txt").exists()
-    worst = max(results["shapes"][0]["parity"].values())
-    assert worst < 1e-4, results["shapes"][0]["parity"]
+    parity = results["shapes"][0]["parity"]  # the portable program and the Hopper one
+    assert set(parity) == {"pallas_fused", "pallas_fused[mosaic_gpu_interpret]"}
+    for errs in parity.values():
+        assert max(errs.values()) < 1e-4, parity
     assert "parity" in capsys.readouterr().out
 
 
@@ -181,6 +220,9 @@ def test_bench_smoke(tmp_path, capsys):
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gpu_kernel(dtype, reverse):
+@pytest.mark.parametrize("backend", ["triton", "mosaic_gpu"])
+def test_gpu_kernel(dtype, reverse, backend):
+    if backend == "mosaic_gpu" and not _is_hopper_or_newer():
+        pytest.skip("Mosaic GPU needs Hopper (sm_90) or newer")
     x = make_inputs(71, 4, 300, 200, 16, dtype)
-    check_against_ref(x, dtype, softplus=True, reverse=reverse, interpret=False)
+    check_against_ref(x, dtype, softplus=True, reverse=reverse, interpret=backend)

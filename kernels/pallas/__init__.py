@@ -1,7 +1,8 @@
 """Pallas selective-scan kernels (forward + backward), the fused bidirectional launch, sharding.
 
 `selective_scan_pallas` has the contract of `nanodna.ops.scan.selective_scan_ref`; it runs on
-GPU (Triton lowering), TPU (Mosaic) and, in interpret mode, on CPU. See selective_scan.py.
+GPU (Mosaic GPU on Hopper and newer, Triton before), TPU (Mosaic) and, in interpret mode, on
+CPU. See selective_scan.py, then mosaic_gpu.py.
 """
 
 from kernels.pallas.bidirectional import bidirectional_scan_pallas, bidirectional_scan_ref

@@ -25,12 +25,16 @@ Backends (`backend_for_platform`):
   "triton"      GPU: Triton has no scratch memory and no ordered grid axis, so each program loops
                 over all chunks itself and the workspace is a (discarded) output in device memory.
                 The kernel bodies only use the portable pl.* subset, so one body serves all three.
+  "mosaic_gpu"  Hopper GPUs (the default there): a warpgroup program with one thread per channel,
+                in mosaic_gpu.py; same saved states and partial sums, so _scan_fwd/_scan_bwd and
+                everything around them are shared.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -40,22 +44,43 @@ from jaxtyping import Array, Float
 _F32 = jnp.float32
 # "tpu_interpret" runs the TPU layout in Pallas' TPU interpreter (NaN-poisoned buffers, so an
 # unwritten output element shows); "triton_interpret" runs the GPU layout in the interpreter.
-BACKENDS = ("interpret", "tpu_interpret", "triton_interpret", "mosaic_tpu", "triton")
+# "mosaic_gpu_interpret" runs the Mosaic GPU program (mosaic_gpu.py) in JAX's GPU interpreter.
+BACKENDS = ("interpret", "tpu_interpret", "triton_interpret", "mosaic_tpu", "triton",
+            "mosaic_gpu", "mosaic_gpu_interpret")
 
 
 # ----------------------------------------------------------------------------- configuration
 
 
+GPU_BACKEND_ENV = "NANODNA_PALLAS_GPU"  # "mosaic_gpu" or "triton": overrides the choice below
+
+
 def backend_for_platform(platform: str | None = None) -> str:
-    """Which lowering to use on `platform` (default: the default JAX backend)."""
+    """Which lowering to use on `platform` (default: the default JAX backend).
+
+    GPU: Mosaic GPU (mosaic_gpu.py) on Hopper and newer, whose TMA copies and warpgroup
+    programs it needs; Triton (this file's kernels) on older GPUs and ROCm. Set
+    NANODNA_PALLAS_GPU=triton to use the Triton kernels on Hopper too.
+    """
     platform = (platform or jax.default_backend()).lower()
     if platform in ("gpu", "cuda", "rocm"):
-        # Mosaic GPU wants warpgroup-level code (plgpu.kernel); the pl.* subset below lowers
-        # through Triton, which is still shipped (deprecated) in jax 0.11.
-        return "triton"
+        choice = os.environ.get(GPU_BACKEND_ENV, "").strip().lower()
+        if choice in ("mosaic_gpu", "triton"):
+            return choice
+        if choice:
+            raise ValueError(f"{GPU_BACKEND_ENV} must be mosaic_gpu or triton, got {choice!r}")
+        return "mosaic_gpu" if _is_hopper_or_newer() else "triton"
     if platform == "tpu":
         return "mosaic_tpu"
     return "interpret"
+
+
+def _is_hopper_or_newer() -> bool:
+    try:
+        major = int(str(jax.devices()[0].compute_capability).split(".")[0])
+    except (AttributeError, ValueError, RuntimeError):  # ROCm, or no GPU in this process
+        return False
+    return major >= 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +106,14 @@ class Plan:
         return self.backend in ("triton", "triton_interpret")
 
     @property
+    def mosaic_gpu(self) -> bool:
+        """The warpgroup program of mosaic_gpu.py: one thread per channel, W = 128 channels."""
+        return self.backend in ("mosaic_gpu", "mosaic_gpu_interpret")
+
+    @property
     def grid_chunks(self) -> bool:
         """Chunks as a sequential grid axis (TPU, interpreter), or a loop in one program (GPU)."""
-        return not self.triton_layout
+        return not (self.triton_layout or self.mosaic_gpu)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -97,6 +127,11 @@ def _default_sizes(backend: str, L: int, D: int) -> tuple[int, int]:
         # (168 registers in the backward, kernels/pallas/resource_report.py), and half the dB/dC
         # partial-sum traffic of 32. A short chunk keeps the backward's workspace in L2.
         chunk, block_d = 32, 64
+    elif backend in ("mosaic_gpu", "mosaic_gpu_interpret"):
+        # One thread per channel of a 128-thread warpgroup; 16-row chunks keep the backward's
+        # double-buffered blocks within shared memory for float32 (mosaic_gpu.smem_bytes).
+        chunk, block_d = 16, 128
+        return min(chunk, _round_up(L, 8)), block_d
     elif backend == "mosaic_tpu":
         chunk, block_d = 128, 128  # (sublane, lane) multiples
     else:
@@ -503,6 +538,13 @@ def _bwd_call(plan: Plan, g: _Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
 # ----------------------------------------------------------------------------- custom_vjp
 
 
+def _mosaic_gpu():
+    """The Mosaic GPU launches, imported on first use (only that backend needs plgpu)."""
+    from kernels.pallas import mosaic_gpu
+
+    return mosaic_gpu
+
+
 def _pad_to(x, axis, size):
     if x is None or x.shape[axis] == size:
         return x
@@ -522,6 +564,8 @@ def _padded(plan: Plan, u, dt, A, B, C, D, z, bias):
     N = A.shape[-2]
     Lp, Dp = _round_up(L, plan.chunk), _round_up(Dc, plan.block_d)
     Np = pl.next_power_of_2(N) if plan.triton_layout else N
+    if plan.mosaic_gpu:
+        Np = _round_up(N, 8)  # B/C rows of >= 16 bytes for TMA
     u, dt = _pad_to(_pad_to(u, 2, Lp), 3, Dp), _pad_to(_pad_to(dt, 2, Lp), 3, Dp)
     z = _pad_to(_pad_to(z, 1, Lp), 2, Dp)
     B, C = _pad_to(_pad_to(B, 2, Lp), 3, Np), _pad_to(_pad_to(C, 2, Lp), 3, Np)
@@ -540,7 +584,8 @@ def _scan_fwd(plan: Plan, u, dt, A, B, C, D, z, bias):
     """Arrays: u/dt (S B L D), A_SND transposed, B/C (S B L N), D/bias (S 1 D), z (B L D)."""
     S, Bz, L, Dc = u.shape
     g, padded = _padded(plan, u, dt, A, B, C, D, z, bias)
-    y_SBLD, hs = _fwd_call(plan, g, *padded)
+    fwd_call = _mosaic_gpu().fwd_call if plan.mosaic_gpu else _fwd_call
+    y_SBLD, hs = fwd_call(plan, g, *padded)
     y_BLD = y_SBLD[:, :, :L, :Dc].astype(_F32).sum(0).astype(u.dtype)
     return y_BLD, (u, dt, A, B, C, D, z, bias, hs)
 
@@ -552,7 +597,8 @@ def _scan_bwd(plan: Plan, res, dy_BLD):
     g, padded = _padded(plan, u, dt, A, B, C, D, z, bias)
     # The directions' outputs are summed, so they share one cotangent.
     dout = _pad_to(_pad_to(dy_BLD, 1, g.L), 2, g.D)
-    du, ddt, dA_p, dB_p, dC_p, dD_p, dz, dbias_p = _bwd_call(plan, g, *padded, hs, dout)
+    bwd_call = _mosaic_gpu().bwd_call if plan.mosaic_gpu else _bwd_call
+    du, ddt, dA_p, dB_p, dC_p, dD_p, dz, dbias_p = bwd_call(plan, g, *padded, hs, dout)
     crop = lambda x: x[:, :, :L, :Dc]  # noqa: E731
     total = lambda part, ref: part.sum(1)[:, 0, :Dc].astype(ref.dtype)  # noqa: E731  (S B 1 D)
     grads = (
@@ -598,6 +644,8 @@ def make_plan(
         raise ValueError(f"chunk and block_d must be positive, got {chunk} and {block_d}")
     if backend in ("triton", "triton_interpret") and block_d & (block_d - 1):
         raise ValueError(f"Triton needs a power-of-two block_d, got {block_d}")
+    if backend in ("mosaic_gpu", "mosaic_gpu_interpret") and block_d != 128:
+        raise ValueError(f"Mosaic GPU runs one thread per channel: block_d must be 128, got {block_d}")
     return Plan(n_dir, reverse, softplus, has_D, has_z, has_bias, chunk, block_d, backend,
                 num_warps, num_stages, bwd_in_registers)  # fmt: skip
 
