@@ -40,7 +40,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels.pallas.selective_scan import _flip_if, _is_reversed, _negate, _sigmoid
+from kernels.pallas.selective_scan import (
+    _flip_if,
+    _is_reversed,
+    _negate,
+    _sigmoid,
+    backward_outputs,
+)
 
 _F32 = jnp.float32
 W = 128  # channels per program: one per thread of a warpgroup
@@ -381,12 +387,7 @@ def bwd_call(plan, g, u, dt, A, B, C, D, z, bias, hs, dout):
     scratch += [_slots(shape, dtype) for _, shape, dtype in out_slots]
     results = _launch(kernel, plan, (S, Bz, T), [o for _, o in outs], scratch,
                       "selective_scan_bwd_mgpu")(*arrays)  # fmt: skip
-    it = iter(results)
-    du, ddt, dA_part, dB_part, dC_part = (next(it) for _ in range(5))
-    dD_part = next(it) if plan.has_D else None
-    dz = next(it) if plan.has_z else None
-    dbias_part = next(it) if plan.has_bias else None
-    return du, ddt, dA_part, dB_part, dC_part, dD_part, dz, dbias_part
+    return backward_outputs(plan, results)
 
 
 SMEM_BUDGET = 220 * 1024  # of the 227 KiB a Hopper block may use, some left for the runtime

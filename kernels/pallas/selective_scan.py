@@ -527,6 +527,12 @@ def _bwd_call(plan: Plan, g: _Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
         interpret=_interpret_arg(plan),
         name="selective_scan_bwd",
     )(*arrays)
+    return backward_outputs(plan, results)
+
+
+def backward_outputs(plan: Plan, results):
+    """The backward launch's outputs, with None for the gradients of absent inputs:
+    du, ddelta, dA (per row), dB, dC (per tile), dD (per row), dz, dbias (per row)."""
     it = iter(results)
     du, ddt, dA_part, dB_part, dC_part = (next(it) for _ in range(5))
     dD_part = next(it) if plan.has_D else None
