@@ -43,8 +43,10 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from kernels.pallas.selective_scan import (
     _flip_if,
     _is_reversed,
+    _in_names,
     _negate,
     _sigmoid,
+    backward_out_types,
     backward_outputs,
 )
 
@@ -229,15 +231,10 @@ def fwd_call(plan, g, u, dt, A, B, C, D, z, bias):
                    "selective_scan_fwd_mgpu")(*arrays)  # fmt: skip
 
 
-
-def _inputs(plan, u, dt, A, B, C, D, z, bias):
-    names, arrays = ["u", "dt", "A", "B", "C"], [u, dt, A, B, C]
-    for name, present, x in (("D", plan.has_D, D), ("z", plan.has_z, z),
-                             ("bias", plan.has_bias, bias)):  # fmt: skip
-        if present:
-            names.append(name)
-            arrays.append(x)
-    return names, arrays
+def _inputs(plan, *inputs):
+    """The present inputs (u, dt, A, B, C, D, z, bias) and their names, all left in GMEM."""
+    present = [(name, x) for (name, on), x in zip(_in_names(plan), inputs) if on]
+    return [name for name, _ in present], [x for _, x in present]
 
 
 # ----------------------------------------------------------------------------- backward
@@ -361,20 +358,8 @@ def bwd_call(plan, g, u, dt, A, B, C, D, z, bias, hs, dout):
     names, arrays = _inputs(plan, u, dt, A, B, C, D, z, bias)
     names += ["hs", "dout"]
     arrays += [hs, dout]
-    S, Bz, L, Dc, N, T = g.S, g.B, g.L, g.D, g.N, g.n_tiles
-    outs = [
-        ("du", jax.ShapeDtypeStruct((S, Bz, L, Dc), u.dtype)),
-        ("ddt", jax.ShapeDtypeStruct((S, Bz, L, Dc), dt.dtype)),
-        ("dA", jax.ShapeDtypeStruct((S, Bz, N, Dc), _F32)),  # per batch row
-        ("dB", jax.ShapeDtypeStruct((S, Bz, T, L, N), _F32)),  # per channel tile
-        ("dC", jax.ShapeDtypeStruct((S, Bz, T, L, N), _F32)),
-    ]
-    if plan.has_D:
-        outs.append(("dD", jax.ShapeDtypeStruct((S, Bz, 1, Dc), _F32)))
-    if plan.has_z:
-        outs.append(("dz", jax.ShapeDtypeStruct((S, Bz, L, Dc), z.dtype)))
-    if plan.has_bias:
-        outs.append(("dbias", jax.ShapeDtypeStruct((S, Bz, 1, Dc), _F32)))
+    S, Bz, N, T = g.S, g.B, g.N, g.n_tiles
+    outs = backward_out_types(plan, g, u, dt, z)
     names += [name for name, _ in outs] + ["ws"] + [p + "_s" for p in _param_names(plan)]
     out_slots = [("du", (plan.chunk, W), u.dtype), ("ddt", (plan.chunk, W), dt.dtype),
                  ("dB", (plan.chunk, N), _F32), ("dC", (plan.chunk, N), _F32)]

@@ -491,20 +491,10 @@ def _bwd_call(plan: Plan, g: _Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
     arrays, in_specs = _inputs(plan, sp, u, dt, A, B, C, D, z, bias)
     arrays += [hs, dout]
     in_specs += [sp["hs"], sp["shared_D"]]
-    S, Bz, L, Dc, N, T = g.S, g.B, g.L, g.D, g.N, g.n_tiles
-    outs = [
-        (jax.ShapeDtypeStruct((S, Bz, L, Dc), u.dtype), sp["seq_D"]),  # du
-        (jax.ShapeDtypeStruct((S, Bz, L, Dc), dt.dtype), sp["seq_D"]),  # ddelta
-        (jax.ShapeDtypeStruct((S, Bz, N, Dc), _F32), sp["part_ND"]),  # dA per batch row
-        (jax.ShapeDtypeStruct((S, Bz, T, L, N), _F32), sp["part_LN"]),  # dB per tile
-        (jax.ShapeDtypeStruct((S, Bz, T, L, N), _F32), sp["part_LN"]),  # dC per tile
-    ]
-    if plan.has_D:
-        outs.append((jax.ShapeDtypeStruct((S, Bz, 1, Dc), _F32), sp["part_1D"]))
-    if plan.has_z:
-        outs.append((jax.ShapeDtypeStruct((S, Bz, L, Dc), z.dtype), sp["seq_D"]))
-    if plan.has_bias:
-        outs.append((jax.ShapeDtypeStruct((S, Bz, 1, Dc), _F32), sp["part_1D"]))
+    S, Bz, N, T = g.S, g.B, g.N, g.n_tiles
+    spec_of = dict(du="seq_D", ddt="seq_D", dA="part_ND", dB="part_LN", dC="part_LN",
+                   dD="part_1D", dz="seq_D", dbias="part_1D")  # fmt: skip
+    outs = [(o, sp[spec_of[name]]) for name, o in backward_out_types(plan, g, u, dt, z)]
     ws_shape = (plan.chunk, N, plan.block_d)
     scratch = []
     if plan.bwd_in_registers:
@@ -528,6 +518,26 @@ def _bwd_call(plan: Plan, g: _Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
         name="selective_scan_bwd",
     )(*arrays)
     return backward_outputs(plan, results)
+
+
+def backward_out_types(plan: Plan, g: _Geometry, u, dt, z):
+    """(name, type) of the backward launch's gradient outputs, in backward_outputs' order."""
+    S, Bz, L, Dc, N, T = g.S, g.B, g.L, g.D, g.N, g.n_tiles
+    seq = lambda dtype: jax.ShapeDtypeStruct((S, Bz, L, Dc), dtype)  # noqa: E731
+    outs = [
+        ("du", seq(u.dtype)),
+        ("ddt", seq(dt.dtype)),
+        ("dA", jax.ShapeDtypeStruct((S, Bz, N, Dc), _F32)),  # per batch row
+        ("dB", jax.ShapeDtypeStruct((S, Bz, T, L, N), _F32)),  # per channel tile
+        ("dC", jax.ShapeDtypeStruct((S, Bz, T, L, N), _F32)),
+    ]
+    if plan.has_D:
+        outs.append(("dD", jax.ShapeDtypeStruct((S, Bz, 1, Dc), _F32)))
+    if plan.has_z:
+        outs.append(("dz", seq(z.dtype)))
+    if plan.has_bias:
+        outs.append(("dbias", jax.ShapeDtypeStruct((S, Bz, 1, Dc), _F32)))
+    return outs
 
 
 def backward_outputs(plan: Plan, results):
