@@ -27,9 +27,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
+from nanodna.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad config file, override or saved config; the message names the key."""
 
 

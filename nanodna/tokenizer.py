@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nanodna.errors import UserError
+
 PAD, MASK, UNK, A, C, G, T = 0, 1, 2, 3, 4, 5, 6
 NUM_TOKENS = 7  # real ids
 VOCAB_SIZE = 8  # padded embedding / head size
@@ -43,7 +45,7 @@ _ID_TO_BYTE = np.frombuffer(b"..NACGT.", dtype=np.uint8).copy()
 _ID_TO_BYTE[PAD], _ID_TO_BYTE[MASK] = ord("_"), ord("?")
 
 
-class IllegalCharacterError(ValueError):
+class IllegalCharacterError(UserError):
     """A sequence holds a byte that is neither a base nor an IUPAC code."""
 
     def __init__(self, position: int, char: str):

@@ -5,6 +5,8 @@
 Nothing in this package imports JAX. Run `python -m nanodna.data --help` for the command line.
 """
 
+from nanodna.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Bad input data. The message is one line meant for the user (the CLI prints it as is)."""

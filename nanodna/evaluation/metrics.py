@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float, Int
 from sklearn.metrics import average_precision_score, roc_auc_score
+from nanodna.errors import UserError
 
 METRICS = {"roc_auc": roc_auc_score, "auprc": average_precision_score}
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError):
     """Labels or scores that no ranking metric can be computed from; one-line message."""
 
 

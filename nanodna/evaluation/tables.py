@@ -25,6 +25,7 @@ import numpy as np
 from jaxtyping import Int
 
 from nanodna import tokenizer
+from nanodna.errors import UserError
 
 TASKS = ("conservation", "variant")
 BASES = "ACGT"
@@ -34,7 +35,7 @@ _DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 _COMPRESSED_EXT = (".gz", ".bz2", ".zst", ".lz4")
 
 
-class EvalTableError(ValueError):
+class EvalTableError(UserError):
     """A table that cannot be scored; the message is one line naming the file (and row)."""
 
 
