@@ -17,20 +17,17 @@ straight to disk, so memory stays flat whatever the genome size.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import re
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from jaxtyping import Bool, Int64, UInt8
 from tqdm import tqdm
 
-from nanodna import tokenizer
+from nanodna import atomic, tokenizer
 from nanodna.data import DataError, genome
 from nanodna.data.fasta import assembly_name_from_path, read_fasta
 from nanodna.data.tables import read_table_batches
@@ -164,34 +161,11 @@ class AssemblyWriter:
         return genome.assembly_record(self.name, self.chromosomes)
 
 
-@contextlib.contextmanager
-def staging_dir(out_dir: str, force: bool = False) -> Iterator[str]:
-    """A temp folder next to `out_dir` that replaces it on success and vanishes on failure."""
-    out_dir = os.path.abspath(out_dir)
+def _staging_dir(out_dir: str, force: bool):
+    """The store's temp folder (nanodna.atomic.staging_dir); DataError if it exists unforced."""
     if os.path.exists(out_dir) and not force:
-        raise DataError(f"{out_dir}: already exists (pass --force to replace it)")
-    parent = os.path.dirname(out_dir)
-    made = parent  # the outermost folder this call creates, removed again on failure
-    while not os.path.exists(os.path.dirname(made)):
-        made = os.path.dirname(made)
-    made = None if os.path.exists(parent) else made
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the store should not be
-    try:
-        yield tmp
-        if os.path.exists(out_dir):  # --force: swap, then delete the old one
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "store"))
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(made or tmp, ignore_errors=True)
-        raise
+        raise DataError(f"{os.path.abspath(out_dir)}: already exists (pass --force to replace it)")
+    return atomic.staging_dir(out_dir, replace=force)
 
 
 def _progress_bar(total: int, desc: str, show: bool) -> tqdm:
@@ -229,7 +203,7 @@ def prepare_fasta(
 
     records: list[dict] = []
     total = sum(os.path.getsize(p) for p in paths)
-    with staging_dir(out_dir, force) as tmp, _progress_bar(total, "prepare", progress) as bar:
+    with _staging_dir(out_dir, force) as tmp, _progress_bar(total, "prepare", progress) as bar:
         writers: dict[str, AssemblyWriter] = {}
         for path in paths:
             if per_record:
@@ -267,7 +241,7 @@ def prepare_tables(
     """PlantCAD window tables -> genome store at `out_dir` (see the module docstring)."""
     if not paths:
         raise DataError("no table files given")
-    with staging_dir(out_dir, force) as tmp, tqdm(
+    with _staging_dir(out_dir, force) as tmp, tqdm(
         desc="prepare", unit=" rows", file=sys.stderr, disable=not progress
     ) as bar:
         writers: dict[str, AssemblyWriter] = {}

@@ -25,14 +25,14 @@ import numpy as np
 from jaxtyping import Int
 
 from nanodna import tokenizer
+from nanodna.data import DataError
+from nanodna.data import tables as data_tables
 from nanodna.errors import UserError
 
 TASKS = ("conservation", "variant")
 BASES = "ACGT"
 
-_PARQUET_EXT = (".parquet", ".pq")
-_DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
-_COMPRESSED_EXT = (".gz", ".bz2", ".zst", ".lz4")
+_COLUMNS = ("sequence", "label", "pos", "ref", "alt")
 
 
 class EvalTableError(UserError):
@@ -135,39 +135,11 @@ def _parse_row(columns: dict[str, list], i: int, task: str, where: str) -> tuple
 
 
 def _read_columns(path: str) -> dict[str, list]:
-    """File -> {column name: list of Python values}, choosing the reader by extension."""
-    if not os.path.isfile(path):
-        raise EvalTableError(f"{path}: no such file")
-    name = path.lower()
-    for ext in _COMPRESSED_EXT:
-        name = name.removesuffix(ext)
+    """File -> {column name: list of values} for the columns a task may use (data.tables)."""
     try:
-        if name.endswith(_PARQUET_EXT):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-        elif os.path.splitext(name)[1] in _DELIMITERS:
-            import pyarrow as pa
-            import pyarrow.csv as pv
-
-            # Everything as text: we parse and validate each value ourselves, so a bad
-            # value gets a row number instead of a type-inference error.
-            names = ("sequence", "label", "pos", "ref", "alt")
-            table = pv.read_csv(
-                path,
-                parse_options=pv.ParseOptions(delimiter=_DELIMITERS[os.path.splitext(name)[1]]),
-                convert_options=pv.ConvertOptions(column_types={c: pa.string() for c in names}),
-            )
-        else:
-            raise EvalTableError(
-                f"{path}: unknown table format; use .parquet, .csv or .tsv (optionally .gz)"
-            )
-    except EvalTableError:
-        raise
-    except Exception as e:  # pyarrow's parse errors are multi-line; keep the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EvalTableError(f"{path}: cannot read table: {first}") from None
-    return {c: table.column(c).to_pylist() for c in table.column_names}
+        return data_tables.read_columns(path, required=(), optional=_COLUMNS)
+    except DataError as e:
+        raise EvalTableError(str(e)) from None
 
 
 def _parse_pos(value, where: str) -> int:
