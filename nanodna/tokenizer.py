@@ -24,6 +24,9 @@ PAD, MASK, UNK, A, C, G, T = 0, 1, 2, 3, 4, 5, 6
 NUM_TOKENS = 7  # real ids
 VOCAB_SIZE = 8  # padded embedding / head size
 ACGT = np.array([A, C, G, T], dtype=np.int32)  # the four base ids, in a/c/g/t order
+# The one base alphabet. Base code i (0..3) is BASES[i] and token id A + i; the code of the
+# complement of code i is 3 - i (a-t, c-g), which reverse_complement_codes relies on.
+BASES = "ACGT"
 ITOS = ["[PAD]", "[MASK]", "[UNK]", "a", "c", "g", "t", "[UNUSED]"]
 
 # complement of each id: a<->t, c<->g; specials map to themselves.
@@ -33,7 +36,7 @@ IUPAC_AMBIGUOUS = b"NRYSWKMBDHVnryswkmbdhv-"
 
 # byte -> id lookup (255 = illegal), and byte -> is-lowercase.
 _BYTE_TO_ID = np.full(256, 255, dtype=np.uint8)
-for _ch, _id in zip(b"ACGT", (A, C, G, T)):
+for _ch, _id in zip(BASES.encode(), (A, C, G, T)):
     _BYTE_TO_ID[_ch] = _id
     _BYTE_TO_ID[_ch + 32] = _id  # lowercase
 for _ch in IUPAC_AMBIGUOUS:
@@ -41,7 +44,7 @@ for _ch in IUPAC_AMBIGUOUS:
 _BYTE_IS_LOWER = np.zeros(256, dtype=bool)
 _BYTE_IS_LOWER[ord("a") : ord("z") + 1] = True
 
-_ID_TO_BYTE = np.frombuffer(b"..NACGT.", dtype=np.uint8).copy()
+_ID_TO_BYTE = np.frombuffer(b"..N" + BASES.encode() + b".", dtype=np.uint8).copy()
 _ID_TO_BYTE[PAD], _ID_TO_BYTE[MASK] = ord("_"), ord("?")
 
 
@@ -85,16 +88,31 @@ def decode(ids, repeat=None) -> str:
     return out.tobytes().decode("ascii")
 
 
+def base_codes(seq: str) -> np.ndarray:
+    """'ACGT...' (either case) -> base codes uint8 [L] (0..3, see BASES); other letters fail."""
+    return np.array([BASES.index(ch) for ch in seq.upper()], dtype=np.uint8)
+
+
+def reverse_complement_codes(codes):
+    """Reverse complement of base codes (0..3) along the last axis; keeps the dtype."""
+    return (len(BASES) - 1) - codes[..., ::-1]
+
+
 def reverse_complement(ids):
-    """Reverse complement of token ids along the last axis. Works on NumPy and JAX arrays."""
-    if isinstance(ids, np.ndarray):
-        return COMPLEMENT[ids][..., ::-1].astype(ids.dtype)
-    import jax.numpy as jnp  # only for JAX inputs, so data code stays JAX-free
+    """Reverse complement of token ids along the last axis (a<->t, c<->g; specials kept).
 
-    return jnp.asarray(COMPLEMENT, dtype=ids.dtype)[ids][..., ::-1]
+    Works on any array with the array API (NumPy, JAX) without importing JAX here.
+    """
+    xp = ids.__array_namespace__()
+    is_base = (ids >= A) & (ids <= T)
+    return xp.where(is_base, (A + T) - ids, ids)[..., ::-1].astype(ids.dtype)
 
 
-_RC_TABLE = bytes.maketrans(b"ACGTacgtNnRrYySsWwKkMmBbDdHhVv", b"TGCAtgcaNnYyRrSsWwMmKkVvHhDdBb")
+_RC_TABLE = bytes.maketrans(
+    (BASES + BASES.lower()).encode() + b"NnRrYySsWwKkMmBbDdHhVv",
+    (BASES[::-1] + BASES[::-1].lower()).encode() + b"NnYyRrSsWwMmKkVvHhDdBb",
+)
+
 
 
 def reverse_complement_str(seq: str) -> str:

@@ -2,6 +2,8 @@
 
 import gzip
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -113,7 +115,7 @@ def test_cli_prints_one_error_line_and_fails(tmp_path, capsys):
     bad = tmp_path / "bad.fa"
     bad.write_bytes(b">c1\nAC!T\n")
     out = str(tmp_path / "store")
-    assert main(["prepare", "--quiet", "--fasta", str(bad), "--out", out]) == 1
+    assert main(["prepare", "--quiet", "--fasta", str(bad), "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {bad}: record 'c1', line 2: illegal character '!'"]
     assert no_leftovers(out)
@@ -123,20 +125,40 @@ def test_cli_prepare_stats_and_force(tmp_path, genomes, capsys):
     path = write_fasta(tmp_path / "speciesA.fa.gz", genomes["speciesA"], gz=True)
     out = str(tmp_path / "store")
     assert main(["prepare", "--quiet", "--fasta", path, "--out", out]) == 0
-    assert main(["prepare", "--quiet", "--fasta", path, "--out", out]) == 1  # exists
+    assert main(["prepare", "--quiet", "--fasta", path, "--out", out]) == 2  # exists
     assert "already exists" in capsys.readouterr().err
     assert main(["prepare", "--quiet", "--force", "--fasta", path, "--out", out]) == 0
     assert main(["stats", out]) == 0
     table = capsys.readouterr().out
     for name, seq in genomes["speciesA"]:
         assert name in table and f"{len(seq):,}" in table
-    assert main(["stats", str(tmp_path)]) == 1  # not a store
+    assert main(["stats", str(tmp_path)]) == 2  # not a store
 
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["prepare", "--help"])
     assert e.value.code == 0 and "--assembly-per-record" in capsys.readouterr().out
+
+
+def test_cli_user_errors_exit_2_with_one_line(tmp_path):
+    """Bad arguments or inputs: exit status 2 and one `error:` line on stderr, nothing else."""
+    (tmp_path / "bad.fa").write_text(">c1\nAC!T\n")
+    cases = [
+        ["prepare", "--quiet", "--fasta", str(tmp_path / "missing.fa"), "--out", str(tmp_path / "s")],
+        ["prepare", "--quiet", "--fasta", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "s")],
+        ["prepare", "--quiet", "--table", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "s")],
+        ["prepare", "--out", str(tmp_path / "s")],  # neither --fasta nor --table (argparse)
+        ["stats", str(tmp_path)],  # not a store
+        ["frobnicate"],
+    ]
+    for args in cases:
+        proc = subprocess.run([sys.executable, "-m", "nanodna.data", *args], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
+    assert not os.path.exists(tmp_path / "s")
 
 
 def window_table(rng, n_rows=12):

@@ -5,13 +5,20 @@ import filecmp
 import gzip
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from nanodna import tokenizer
-from nanodna.data import DataError, genome, sim_ancestor, sim_card, sim_evolve, simulate
-from nanodna.data.sim_config import make_config
+from nanodna.data import DataError, genome
+from nanodna.overrides import ConfigError
+from nanodna.sim import ancestor as sim_ancestor
+from nanodna.sim import card as sim_card
+from nanodna.sim import evolve as sim_evolve
+from nanodna.sim import provision, simulate
+from nanodna.sim.config import make_config
 
 TINY = dict(genome_length=40_000, n_species=6, n_chromosomes=2, n_eval=200, n_eval_small=40,
             context_ks=(3, 4), gene_codons=(60, 120))
@@ -173,8 +180,58 @@ def test_bad_input_fails_with_one_line(tiny, tmp_path, capsys):
         make_config("huge")
     assert simulate.main(["--out", str(out), "--quiet"]) == 2  # exists, no --overwrite
     assert simulate.main(["--out", str(tmp_path / "x"), "--set", "n_species=one"]) == 2
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 2 and all(line.startswith("error: ") for line in printed)
+    assert simulate.main(["--out", str(tmp_path / "x"), "--set", "genome_lenght=9"]) == 2
+    assert simulate.main(["--out", str(tmp_path / "x"), "--seed", "many"]) == 2  # argparse
+    captured = capsys.readouterr()
+    printed = captured.err.strip().splitlines()
+    assert len(printed) == 4 and all(line.startswith("error: ") for line in printed)
+    assert "n_species" in printed[1] and "genome_length" in printed[2]  # named, with a hint
+    assert captured.out == "" and not os.path.exists(tmp_path / "x")
+
+
+def test_set_uses_the_override_grammar():
+    """--set values are Python literals checked against the field type; tuples as a,b or (a, b)."""
+    cfg = make_config("demo", ["n_species=5", "motif_length=6,12", "context_ks=(2, 3)",
+                               "kmer_baseline_k=3", "gc=0.4"])
+    assert (cfg.n_species, cfg.motif_length, cfg.context_ks) == (5, (6, 12), (2, 3))
+    assert cfg.kmer_baseline_k == 3 and cfg.gc == 0.4
+    assert make_config("demo", ["context_ks=5,"]).context_ks == (5,)
+    for bad in ("context_ks=5", "motif_length=(1, 2, 3)", "gc=high", "n_species=2.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            make_config("demo", [bad])
+    with pytest.raises(DataError, match="n_species must be >= 2"):  # the config's own checks
+        make_config("demo", ["n_species=1"])
+
+
+@pytest.mark.parametrize("module", [["nanodna.data", "simulate"], ["nanodna.sim"]])
+def test_cli_exits_2_with_one_error_line(tmp_path, module):
+    """Both entry points: a user error is one `error:` line on stderr and exit status 2."""
+    for args in (["--out", str(tmp_path / "x"), "--set", "n_species=1"],
+                 ["--out", str(tmp_path / "x"), "--preset", "huge"],
+                 ["--bogus"]):
+        proc = subprocess.run([sys.executable, "-m", *module, *args], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
+
+
+def test_provision_paths_and_generate_once(tmp_path, monkeypatch, capsys):
+    sim_dir = str(tmp_path / "sim")
+    store, table = provision.simulated_paths(sim_dir)
+    assert store == os.path.join(sim_dir, "store")
+    assert table == os.path.join(sim_dir, "eval", "conservation_small.tsv")
+    calls = []
+    monkeypatch.setattr(provision, "simulate",
+                        lambda d, **kw: (calls.append((d, kw)), _run(d, seed=kw["seed"]))[1])
+    assert not provision.ensure_simulated(sim_dir, "demo", 3, leader=False)  # not the leader
+    assert calls == [] and not os.path.exists(sim_dir)
+    assert provision.ensure_simulated(sim_dir, "demo", 3)
+    assert calls[0][1]["seed"] == 3 and calls[0][1]["preset"] == "demo"
+    assert os.path.exists(os.path.join(store, "manifest.json")) and os.path.exists(table)
+    assert "generating" in capsys.readouterr().out
+    assert not provision.ensure_simulated(sim_dir, "demo", 3)  # present: nothing to do
+    assert len(calls) == 1
 
 
 def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):

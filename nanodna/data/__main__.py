@@ -2,10 +2,11 @@
 
     python -m nanodna.data prepare --fasta genomes/*.fa.gz --out data/store
     python -m nanodna.data prepare --table windows.parquet --out data/store
-    python -m nanodna.data simulate --out data/sim
+    python -m nanodna.data simulate --out data/sim        (nanodna.sim; same as python -m nanodna.sim)
     python -m nanodna.data stats data/store
 
-Bad input prints one line `error: ...` on stderr and exits with status 1.
+Bad input or arguments print one line `error: ...` on stderr and exit with status 2
+(nanodna.errors.fail). As a command line this module may import the simulator above it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import argparse
 import sys
 import time
 
-from nanodna.data import DataError
+from nanodna.data import DataError, prepare
+from nanodna.data.genome import GenomeStore
+from nanodna.errors import UserError, fail
+from nanodna.sim import simulate
+from nanodna.sim.simulate import ArgumentParser
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from nanodna.data import prepare
-
     t0 = time.perf_counter()
     if args.fasta:
         records = prepare.prepare_fasta(
@@ -47,8 +50,6 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _stats(args: argparse.Namespace) -> None:
-    from nanodna.data.genome import GenomeStore
-
     try:
         store = GenomeStore(args.store)
     except (FileNotFoundError, ValueError) as e:
@@ -77,14 +78,8 @@ def _row(assembly: str, name: str, entry: dict) -> tuple[str, ...]:
     )
 
 
-def _simulate(argv: list[str]) -> None:
-    from nanodna.data import simulate  # owned by the simulator; imported only when asked for
-
-    simulate.main(argv)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m nanodna.data",
         description="Prepare, simulate and inspect genome stores for nanodna.",
     )
@@ -119,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--summary", action="store_true", help="one line per assembly only")
     s.set_defaults(run=_stats)
 
-    # `simulate` parses its own arguments (nanodna.data.simulate.main); listed here for --help.
+    # `simulate` parses its own arguments (nanodna.sim.simulate.main); listed here for --help.
     sub.add_parser(
         "simulate", help="write the simulated genome set (see: simulate --help)", add_help=False
     )
@@ -128,15 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "simulate":
+        return simulate.main(argv[1:])
     try:
-        if argv and argv[0] == "simulate":
-            _simulate(argv[1:])
-            return 0
         args = build_parser().parse_args(argv)
         args.run(args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except UserError as e:
+        return fail(e)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

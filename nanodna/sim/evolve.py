@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Bool, Float, Int, UInt8
 
-from nanodna.data import sim_ancestor as anc_lib
-from nanodna.data.sim_ancestor import Ancestor, Background, Families
-from nanodna.data.sim_config import SimConfig
+from nanodna.sim import ancestor as anc_lib
+from nanodna.sim.ancestor import Ancestor, Background, Families
+from nanodna.sim.config import SimConfig
 
 # classes an indel may touch: neutral DNA, intron interiors and transposons (never a frame)
 INDEL_CLASSES = (anc_lib.NEUTRAL, anc_lib.INTRON, anc_lib.REPEAT)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Bool, Float, Int, UInt8
 
-from nanodna.data.sim_config import SimConfig
+from nanodna import tokenizer
+from nanodna.sim.config import SimConfig
 
 # site classes
 NEUTRAL, INTRON, FOURFOLD, CODON, SPLICE, MOTIF, CNE, REPEAT = range(8)
@@ -36,14 +37,10 @@ NEUTRAL_CLASSES = (NEUTRAL, INTRON, FOURFOLD)  # where eval negatives come from
 # element kinds (for lineage-specific losses: only enhancers and CNEs are ever lost)
 GENE, ENHANCER, CNE_ELEMENT = 0, 1, 2
 
-BASES = np.frombuffer(b"acgt", dtype=np.uint8)
+_LOWER = tokenizer.BASES.lower()  # codon tables below are spelt in lower case
 CODON_TABLE_STOPS = ("taa", "tag", "tga")
 # first two bases of the eight codon boxes whose third position is fourfold degenerate
 FOURFOLD_BOXES = ("ct", "gt", "tc", "cc", "ac", "gc", "cg", "gg")
-
-
-def _codes(s: str) -> np.ndarray:
-    return np.array(["acgt".index(c) for c in s], dtype=np.uint8)
 
 
 def base_probs(gc: float) -> np.ndarray:
@@ -126,7 +123,7 @@ class Families:
 
 
 SENSE_CODONS = np.array([[a, b, c] for a in range(4) for b in range(4) for c in range(4)
-                         if "acgt"[a] + "acgt"[b] + "acgt"[c] not in CODON_TABLE_STOPS], np.uint8)
+                         if _LOWER[a] + _LOWER[b] + _LOWER[c] not in CODON_TABLE_STOPS], np.uint8)
 
 
 def codon_usage(rng: np.random.Generator, gc: float, concentration: float) -> Float[np.ndarray, " K"]:
@@ -160,8 +157,8 @@ def make_families(rng: np.random.Generator, cfg: SimConfig) -> Families:
         n_codons = int(rng.integers(*cfg.gene_codons, endpoint=True))
         while True:  # redraw until the family's GC is the background's: each family has many copies
             body = SENSE_CODONS[rng.choice(len(SENSE_CODONS), n_codons, p=usage)].reshape(-1)
-            stop = _codes(CODON_TABLE_STOPS[rng.integers(3)])
-            cds = np.concatenate([_codes("atg"), body, stop])
+            stop = tokenizer.base_codes(CODON_TABLE_STOPS[rng.integers(3)])
+            cds = np.concatenate([tokenizer.base_codes("atg"), body, stop])
             if abs(np.isin(cds, (1, 2)).mean() - cfg.gc) < 0.005:
                 break
         n_exons = int(rng.integers(*cfg.exons_per_gene, endpoint=True))
@@ -203,7 +200,7 @@ class Track:
         codes, cls, rate, rep, elem = (np.concatenate(x) for x in
                                        (other.codes, other.cls, other.rate, other.repeat, other.elem))
         if reverse:
-            codes, cls, rate, rep, elem = 3 - codes[::-1], cls[::-1], rate[::-1], rep[::-1], elem[::-1]
+            codes, cls, rate, rep, elem = tokenizer.reverse_complement_codes(codes), cls[::-1], rate[::-1], rep[::-1], elem[::-1]
         self.add(codes, cls, rate, rep, elem)
 
     def arrays(self) -> tuple[np.ndarray, ...]:
@@ -228,7 +225,7 @@ def motif_cluster(rng, cfg: SimConfig, fams: Families, bg: Background, n_motifs:
         use_family = choices is not None and rng.random() < 0.7
         m = fams.motifs[int(rng.choice(choices)) if use_family else int(rng.integers(cfg.n_motifs))]
         m = mutate(rng, m, cfg.motif_instance_noise, cfg.gc)
-        t.add(3 - m[::-1] if rng.random() < 0.5 else m, MOTIF, cfg.rate_motif, elem=elem)
+        t.add(tokenizer.reverse_complement_codes(m) if rng.random() < 0.5 else m, MOTIF, cfg.rate_motif, elem=elem)
     return t
 
 
@@ -237,7 +234,7 @@ def gene_copy(rng, cfg: SimConfig, fams: Families, bg: Background, family: int, 
     cds = fams.genes[family].copy()
     n_codons = len(cds) // 3
     codons_C3 = cds.reshape(n_codons, 3)
-    box = [("acgt"[a] + "acgt"[b]) in FOURFOLD_BOXES for a, b in codons_C3[:, :2]]
+    box = [(_LOWER[a] + _LOWER[b]) in FOURFOLD_BOXES for a, b in codons_C3[:, :2]]
     fourfold_C = np.array(box)
     inner = np.zeros(n_codons, bool)
     inner[1:-1] = True  # start and stop stay
@@ -245,7 +242,7 @@ def gene_copy(rng, cfg: SimConfig, fams: Families, bg: Background, family: int, 
     replace = inner & (rng.random(n_codons) < cfg.gene_copy_replacement)
     for i in np.flatnonzero(replace):
         codons_C3[i] = SENSE_CODONS[rng.choice(len(SENSE_CODONS), p=fams.codon_usage)]
-        fourfold_C[i] = ("acgt"[codons_C3[i, 0]] + "acgt"[codons_C3[i, 1]]) in FOURFOLD_BOXES
+        fourfold_C[i] = (_LOWER[codons_C3[i, 0]] + _LOWER[codons_C3[i, 1]]) in FOURFOLD_BOXES
     syn = inner & fourfold_C & (rng.random(n_codons) < cfg.gene_copy_synonymous)
     codons_C3[syn, 2] = iid_bases(rng, int(syn.sum()), cfg.gc)
     cls_C3 = np.full((n_codons, 3), CODON, np.uint8)
@@ -263,9 +260,9 @@ def gene_copy(rng, cfg: SimConfig, fams: Families, bg: Background, family: int, 
     for j in range(len(bounds) - 1):
         if j:
             intron = bg.take(int(rng.integers(*cfg.intron_length, endpoint=True)))
-            t.add(_codes("gt"), SPLICE, cfg.rate_splice, elem=elem)
+            t.add(tokenizer.base_codes("gt"), SPLICE, cfg.rate_splice, elem=elem)
             t.add(intron, INTRON, 1.0)
-            t.add(_codes("ag"), SPLICE, cfg.rate_splice, elem=elem)
+            t.add(tokenizer.base_codes("ag"), SPLICE, cfg.rate_splice, elem=elem)
         s = slice(bounds[j], bounds[j + 1])
         t.add(cds[s], cls[s], rate[s], elem=elem)
     return t
@@ -276,7 +273,7 @@ def te_copy(rng, cfg: SimConfig, fams: Families, divergence: float) -> np.ndarra
     te = fams.tes[int(rng.integers(len(fams.tes)))]
     keep = int(len(te) * rng.uniform(0.3, 1.0)) if rng.random() < 0.6 else len(te)
     te = mutate(rng, te[len(te) - keep :], divergence, cfg.gc)
-    return 3 - te[::-1] if rng.random() < 0.5 else te
+    return tokenizer.reverse_complement_codes(te) if rng.random() < 0.5 else te
 
 
 @dataclass

@@ -4,14 +4,16 @@
                                                         │
                             reference species truth ────┴──▶ truth/, eval/, card.json, README.md
 
-    python -m nanodna.data simulate --out data/sim --seed 0 [--preset demo|large] [--set k=v ...]
+    python -m nanodna.sim --out data/sim --seed 0 [--preset demo|large] [--set k=v ...]
+    python -m nanodna.data simulate ...   (the same)
 
-Parts: sim_config (parameters, presets), sim_ancestor (families and the ancestral genome),
-sim_evolve (substitutions, indels, gains and losses per species), sim_eval (eval table and the
-scores that bound it), sim_card (card.json and README.md); this file runs them and writes files.
+Parts: config (parameters, presets), ancestor (families and the ancestral genome), evolve
+(substitutions, indels, gains and losses per species), eval_tables (eval table and the scores
+that bound it), card (card.json and README.md), provision (the training default's data set);
+this file runs them and writes files.
 
-The output folder is written under a temporary name and renamed at the end, so an interrupted
-run leaves nothing half-written. The same seed gives byte-identical files.
+The output folder is built under a temporary name and renamed at the end (nanodna.atomic), so
+an interrupted run leaves nothing half-written. The same seed gives byte-identical files.
 
 Glossary: L sequence length; A ancestral length; N eval rows; W window length.
 """
@@ -23,19 +25,23 @@ import dataclasses
 import gzip
 import json
 import os
-import shutil
-import tempfile
+import sys
 import time
 import zipfile
+from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from nanodna import tokenizer
-from nanodna.data import DataError, genome, sim_card, sim_eval
-from nanodna.data import sim_ancestor as anc_lib
-from nanodna.data.sim_config import PRESETS, SimConfig, make_config, parse_override
-from nanodna.data.sim_evolve import Species, bases_at_ancestral, evolve
+from nanodna import atomic, tokenizer
+from nanodna.data import DataError, genome
+from nanodna.data.tables import write_tsv
+from nanodna.errors import UserError, fail
+from nanodna.sim import card as sim_card
+from nanodna.sim import eval_tables as sim_eval
+from nanodna.sim import ancestor as anc_lib
+from nanodna.sim.config import PRESETS, SimConfig, make_config
+from nanodna.sim.evolve import Species, bases_at_ancestral, evolve
 
 FORMAT_VERSION = 1
 
@@ -70,13 +76,6 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
                 np.lib.format.write_array(f, np.asarray(arr), allow_pickle=False)
 
 
-def _write_tsv(path: str, header: list[str], rows) -> None:
-    with open(path, "w") as f:
-        f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(str(v) for v in row) + "\n")
-
-
 def _write_species(out: str, sp: Species) -> tuple[list[tuple[int, int]], dict, dict]:
     """FASTA + store arrays of one species -> (chromosome spans, manifest entry, card entry)."""
     spans = _chromosome_spans(sp.chrom)
@@ -102,16 +101,22 @@ def _write_eval(out: str, cfg: SimConfig, rng: np.random.Generator, ref: Species
     windows_NW = np.stack([ref.codes[p - centre : p + half + 1] for p in sites])
     texts = [tokenizer.decode(ref.codes[p - centre : p + half + 1] + tokenizer.A,
                               ref.repeat[p - centre : p + half + 1]) for p in sites]
-    header = ["sequence", "label", "pos"]
-    _write_tsv(os.path.join(out, "eval", "conservation.tsv"), header,
-               ((t, y, centre) for t, y in zip(texts, labels)))
+    write_tsv(os.path.join(out, "eval", "conservation.tsv"),
+              {"sequence": texts, "label": labels, "pos": [centre] * len(texts)})
     small = sim_eval.small_subset(labels, cfg.n_eval_small)
-    _write_tsv(os.path.join(out, "eval", "conservation_small.tsv"), header,
-               ((texts[j], labels[j], centre) for j in small))
-    _write_tsv(os.path.join(out, "eval", "conservation_sites.tsv"),
-               ["assembly", "chrom", "chrom_pos", "label", "class", "rate", "align_score", "ref"],
-               ((ref.name, chrom_name, p - lo, y, anc_lib.CLASS_NAMES[ref.cls[p]], f"{ref.rate[p]:.3g}",
-                 f"{align[p]:.4f}", "ACGT"[ref.codes[p]]) for p, y in zip(sites, labels)))
+    write_tsv(os.path.join(out, "eval", "conservation_small.tsv"),
+              {"sequence": [texts[j] for j in small], "label": labels[small],
+               "pos": [centre] * len(small)})
+    write_tsv(os.path.join(out, "eval", "conservation_sites.tsv"), {
+        "assembly": [ref.name] * len(sites),
+        "chrom": [chrom_name] * len(sites),
+        "chrom_pos": sites - lo,
+        "label": labels,
+        "class": [anc_lib.CLASS_NAMES[c] for c in ref.cls[sites]],
+        "rate": [f"{r:.3g}" for r in ref.rate[sites]],
+        "align_score": [f"{a:.4f}" for a in align[sites]],
+        "ref": [tokenizer.BASES[c] for c in ref.codes[sites]],
+    })
     return sites, labels, windows_NW
 
 
@@ -161,57 +166,62 @@ def _generate(out: str, cfg: SimConfig, seed: int, preset: str, progress: bool) 
     aucs = sim_eval.score_table(cfg, seqs, windows_NW, labels, align[sites].astype(np.float64))
     card = sim_card.make_card(cfg, seed, preset, anc, records, ref.name, ref, branches, sites, labels,
                               chrom_names[-1], aucs)
-    with open(os.path.join(out, "card.json"), "w") as f:
-        json.dump(card, f, indent=1)
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(sim_card.render_readme(card))
+    atomic.write_text(os.path.join(out, "card.json"), json.dumps(card, indent=1))
+    atomic.write_text(os.path.join(out, "README.md"), sim_card.render_readme(card))
     return card
 
 
 def simulate(out_dir: str, seed: int = 0, preset: str = "demo", overwrite: bool = False,
-             progress: bool = True, **overrides) -> dict:
-    """Write a simulated data set to out_dir and return its card (a dict)."""
-    cfg = make_config(preset, **overrides)
+             progress: bool = True, sets: Sequence[str] = (), **overrides) -> dict:
+    """Write a simulated data set to out_dir and return its card (a dict).
+
+    `overrides` (keyword) and `sets` ("name=value" strings, nanodna.overrides grammar) change
+    the preset's parameters. Raises a UserError (one line) for bad parameters or an existing
+    out_dir that is not empty (unless overwrite) or not a simulated data set.
+    """
+    cfg = make_config(preset, sets, **overrides)
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         if not overwrite:
             raise DataError(f"{out_dir} exists and is not empty (use --overwrite to replace it)")
         if not os.path.exists(os.path.join(out_dir, "card.json")):
             raise DataError(f"{out_dir} does not look like a simulated data set; not replacing it")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    with atomic.staging_dir(out_dir, replace=True) as tmp:
+        return _generate(tmp, cfg, seed, preset, progress)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises a UserError for bad arguments, so the CLI prints one `error:` line
+    and exits 2 like every other user error (argparse itself prints the usage too)."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The simulator's command line; returns the exit code (2 with one `error:` line on stderr
+    for any UserError)."""
     try:
-        card = _generate(tmp, cfg, seed, preset, progress)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return card
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except UserError as e:
+        return fail(e)
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanodna.data simulate", description=__doc__.split("\n")[0])
+def _main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m nanodna.sim", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                   help=f"override a parameter, e.g. --set n_species=8; names: "
+                   help=f"override a parameter (a Python literal; tuples as 8,20 or '(8, 20)'), e.g. "
+                        f"--set n_species=8; names: "
                         f"{', '.join(f.name for f in dataclasses.fields(SimConfig))}")
     p.add_argument("--overwrite", action="store_true", help="replace an existing simulated data set")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    try:
-        overrides = dict(parse_override(o) for o in args.overrides)
-        t0 = time.time()
-        card = simulate(args.out, args.seed, args.preset, overwrite=args.overwrite,
-                        progress=not args.quiet, **overrides)
-    except DataError as e:
-        print(f"error: {e}")
-        return 2
+    t0 = time.time()
+    card = simulate(args.out, args.seed, args.preset, overwrite=args.overwrite,
+                    progress=not args.quiet, sets=args.overrides)
     auc = card["auc"]
     print(f"wrote {args.out} in {time.time() - t0:.1f} s: {card['eval']['n']} eval rows; ROC AUC "
           f"alignment {auc['alignment']:.3f}, local context {auc['local_context']['best']:.3f} "

@@ -2,14 +2,21 @@
 
 Every field is written to the dataset card, so a simulated data set says how it was made.
 Rates are relative to the neutral substitution rate (1.0); lengths are in base pairs.
+
+Command-line overrides use the project's one grammar (nanodna.overrides): `name=value` with a
+Python literal value, type-checked against the field. A tuple is written `motif_length=8,20`
+or `motif_length=(8, 20)` (both are Python literals); a one-element tuple needs its comma:
+`context_ks=5,`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nanodna.data import DataError
+from nanodna.overrides import apply_overrides
 
 
 @dataclass(frozen=True)
@@ -90,15 +97,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def make_config(preset: str = "demo", **overrides) -> SimConfig:
-    """The preset's config with overrides applied; bad names or values fail with one line."""
+def make_config(preset: str = "demo", sets: Sequence[str] = (), **overrides) -> SimConfig:
+    """The preset's config with keyword `overrides`, then `name=value` strings `sets` (the
+    --set flags), applied. Bad names or values fail with one line (DataError, or ConfigError
+    from nanodna.overrides for a bad `sets` item); both are UserErrors."""
     if preset not in PRESETS:
         raise DataError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     fields = {f.name: f for f in dataclasses.fields(SimConfig)}
     for name in overrides:
         if name not in fields:
             raise DataError(f"unknown simulator parameter {name!r}")
-    cfg = SimConfig(**{**PRESETS[preset], **overrides})
+    cfg = apply_overrides(SimConfig(**{**PRESETS[preset], **overrides}), list(sets))
     _check(cfg)
     return cfg
 
@@ -121,19 +130,3 @@ def _check(cfg: SimConfig) -> None:
         raise DataError("n_eval_small must be <= n_eval")
     if cfg.window % 2:
         raise DataError(f"window must be even (got {cfg.window})")
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """'name=value' -> (name, value), value typed like the SimConfig field (tuples as 'a,b')."""
-    name, sep, value = text.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(SimConfig)}
-    if not sep or name not in fields:
-        raise DataError(f"bad override {text!r}: expected name=value with a SimConfig field name")
-    default = getattr(SimConfig(), name)
-    try:
-        if isinstance(default, tuple):
-            kind = type(default[0])
-            return name, tuple(kind(v) for v in value.split(","))
-        return name, type(default)(value)
-    except ValueError:
-        raise DataError(f"bad value for {name}: {value!r}") from None

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 from jaxtyping import Bool, Float, Int, UInt8
-from sklearn.metrics import roc_auc_score
 
+from nanodna import tokenizer
 from nanodna.data import DataError
-from nanodna.data import sim_ancestor as anc_lib
-from nanodna.data.sim_config import SimConfig
+from nanodna.evaluation.metrics import roc_auc
+from nanodna.sim import ancestor as anc_lib
+from nanodna.sim.config import SimConfig
 
 CONSTRAINED_CLASSES = (anc_lib.CODON, anc_lib.SPLICE, anc_lib.MOTIF, anc_lib.CNE)
 
@@ -58,7 +59,7 @@ def sample_sites(rng: np.random.Generator, cfg: SimConfig, codes: UInt8[np.ndarr
         pos_b = positives[codes[positives] == base]
         pool = np.flatnonzero(neg_ok & (codes == base))
         if len(pool) < len(pos_b):
-            raise DataError(f"only {len(pool)} neutral '{'acgt'[base]}' sites for {len(pos_b)} "
+            raise DataError(f"only {len(pool)} neutral '{tokenizer.BASES[base]}' sites for {len(pos_b)} "
                             "negatives: lower n_eval or raise genome_length")
         bin_pos = np.bincount(np.searchsorted(edges, window_gc[pos_b]), minlength=10)
         bin_pool = np.searchsorted(edges, window_gc[pool])
@@ -100,7 +101,7 @@ def context_counts(seqs: list[np.ndarray], query_ctx: Int[np.ndarray, " N"], k: 
         table = np.full(4 ** (2 * k), -1, np.int32)
         table[uniq] = np.arange(len(uniq))
     for x in seqs:
-        for strand in (x, 3 - x[::-1]):
+        for strand in (x, tokenizer.reverse_complement_codes(x)):
             code, centre = _context_codes(strand, k)
             if dense:
                 idx = table[code]
@@ -138,7 +139,8 @@ def kmer_frequency(seqs: list[np.ndarray], windows_NW: UInt8[np.ndarray, "N W"],
 
 
 def auc(labels: Int[np.ndarray, " N"], score: Float[np.ndarray, " N"]) -> float:
-    return float(roc_auc_score(labels, score))
+    """ROC AUC by the project's metric (nanodna.evaluation.metrics.roc_auc)."""
+    return roc_auc(labels, score)
 
 
 def score_table(cfg: SimConfig, seqs: list[np.ndarray], windows_NW: UInt8[np.ndarray, "N W"],

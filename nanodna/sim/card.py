@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from nanodna.data import sim_ancestor as anc_lib
-from nanodna.data.sim_ancestor import Ancestor
-from nanodna.data.sim_config import SimConfig, make_config
-from nanodna.data.sim_evolve import Species
+from nanodna.sim import ancestor as anc_lib
+from nanodna.sim.ancestor import Ancestor
+from nanodna.sim.config import SimConfig, make_config
+from nanodna.sim.evolve import Species
 
 CARD_FORMAT = "nanodna-sim-card"
 
