@@ -18,7 +18,7 @@ def test_mlm_statistics_match_the_80_10_10_rule():
     rng = np.random.default_rng()
     ids, repeat = random_windows(rng, 64, 2048)
     b = masking.mlm_mask(ids, repeat, np.random.default_rng(rng.integers(1 << 30)))
-    tokens, targets, weights = b["tokens"], b["targets"], b["weights"]
+    tokens, targets, weights = b.tokens_BL, b.targets_BL, b.weights_BL
     assert tokens.dtype == targets.dtype == np.int32 and weights.dtype == np.float32
     np.testing.assert_array_equal(targets, ids)
 
@@ -47,16 +47,16 @@ def test_mlm_is_a_function_of_the_rng_seed():
     a = masking.mlm_mask(ids, repeat, np.random.default_rng(seed))
     b = masking.mlm_mask(ids, repeat, np.random.default_rng(seed))
     c = masking.mlm_mask(ids, repeat, np.random.default_rng(seed + 1))
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    assert not np.array_equal(a["weights"], c["weights"])
+    for x, y in zip(a, b):  # every field of the Batch
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.weights_BL, c.weights_BL)
 
 
 def test_mlm_eval_weights_drop_repeats():
     rng = np.random.default_rng()
     ids, repeat = random_windows(rng, 8, 512)
     b = masking.mlm_mask(ids, repeat, rng, repeat_weight=0.0)
-    assert (b["weights"][repeat] == 0).all() and (b["weights"][~repeat] > 0).any()
+    assert (b.weights_BL[repeat] == 0).all() and (b.weights_BL[~repeat] > 0).any()
 
 
 def test_mlm_rejects_bad_fractions():
@@ -69,8 +69,8 @@ def test_clm_shift():
     rng = np.random.default_rng()
     ids, repeat = random_windows(rng, 3, 65)
     b = masking.clm_shift(ids, repeat, repeat_weight=0.1)
-    np.testing.assert_array_equal(b["tokens"], ids[:, :-1])
-    np.testing.assert_array_equal(b["targets"], ids[:, 1:])
+    np.testing.assert_array_equal(b.tokens_BL, ids[:, :-1])
+    np.testing.assert_array_equal(b.targets_BL, ids[:, 1:])
     real = np.isin(ids[:, 1:], tokenizer.ACGT)
     expected = np.where(real, np.where(repeat[:, 1:], 0.1, 1.0), 0.0)
-    np.testing.assert_allclose(b["weights"], expected)
+    np.testing.assert_allclose(b.weights_BL, expected)

@@ -9,13 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_fasta import fasta_text, random_seq
 
 from nanodna import tokenizer
 from nanodna.data import DataError, prepare
 from nanodna.data.__main__ import main
 from nanodna.data.genome import GenomeStore
-
-from test_fasta import fasta_text, random_seq
 
 
 def read_back(store_dir):
@@ -154,7 +153,7 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path):
     ]
     for args in cases:
         proc = subprocess.run([sys.executable, "-m", "nanodna.data", *args], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                              text=True, check=False, env={**os.environ, "PYTHONPATH": os.getcwd()})
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)

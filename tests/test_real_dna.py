@@ -79,11 +79,11 @@ def test_stream_real_yeast_batches(yeast_fastas, tmp_path):
     )
     it = make_train_iterator(cfg)
     batches = [next(it) for _ in range(4)]
-    tokens = np.concatenate([b["tokens"] for b in batches])
-    weights = np.concatenate([b["weights"] for b in batches])
+    tokens = np.concatenate([b.tokens_BL for b in batches])
+    weights = np.concatenate([b.weights_BL for b in batches])
     selected = weights > 0
     assert 0.10 < selected.mean() < 0.20
     assert (tokens[selected] == tokenizer.MASK).mean() == pytest.approx(0.8, abs=0.06)
     np.testing.assert_allclose(np.unique(weights), [0.0, 0.1, 1.0])  # soft-masked repeats: 0.1
     evals = list(make_eval_iterator(cfg))
-    assert len(evals) == 3 and all(b["tokens"].shape == (16, 512) for b in evals)
+    assert len(evals) == 3 and all(b.tokens_BL.shape == (16, 512) for b in evals)

@@ -210,7 +210,7 @@ def test_cli_exits_2_with_one_error_line(tmp_path, module):
                  ["--out", str(tmp_path / "x"), "--preset", "huge"],
                  ["--bogus"]):
         proc = subprocess.run([sys.executable, "-m", *module, *args], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                              text=True, check=False, env={**os.environ, "PYTHONPATH": os.getcwd()})
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
@@ -222,12 +222,16 @@ def test_provision_paths_and_generate_once(tmp_path, monkeypatch, capsys):
     assert store == os.path.join(sim_dir, "store")
     assert table == os.path.join(sim_dir, "eval", "conservation_small.tsv")
     calls = []
-    monkeypatch.setattr(provision, "simulate",
-                        lambda d, **kw: (calls.append((d, kw)), _run(d, seed=kw["seed"]))[1])
+
+    def tiny_simulate(out_dir, **kw):  # the real simulator, on the tiny config
+        calls.append(kw)
+        return _run(out_dir, seed=kw["seed"])
+
+    monkeypatch.setattr(provision, "simulate", tiny_simulate)
     assert not provision.ensure_simulated(sim_dir, "demo", 3, leader=False)  # not the leader
     assert calls == [] and not os.path.exists(sim_dir)
     assert provision.ensure_simulated(sim_dir, "demo", 3)
-    assert calls[0][1]["seed"] == 3 and calls[0][1]["preset"] == "demo"
+    assert calls[0]["seed"] == 3 and calls[0]["preset"] == "demo"
     assert os.path.exists(os.path.join(store, "manifest.json")) and os.path.exists(table)
     assert "generating" in capsys.readouterr().out
     assert not provision.ensure_simulated(sim_dir, "demo", 3)  # present: nothing to do

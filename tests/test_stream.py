@@ -5,12 +5,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_fasta import fasta_text, random_seq
 
 from nanodna import tokenizer
 from nanodna.data import DataError, prepare
+from nanodna.data.batch import Batch
 from nanodna.data.stream import DataConfig, make_eval_iterator, make_train_iterator
-
-from test_fasta import fasta_text, random_seq
 
 L = 32
 
@@ -49,8 +49,8 @@ def take(it, n):
 def assert_same(batches_a, batches_b):
     assert len(batches_a) == len(batches_b)
     for a, b in zip(batches_a, batches_b):
-        for k in ("tokens", "targets", "weights"):
-            np.testing.assert_array_equal(a[k], b[k])
+        for k in Batch._fields:
+            np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
 
 
 def source_of(window, genomes):
@@ -67,35 +67,39 @@ def source_of(window, genomes):
 
 
 def windows_of(batch):
-    return [tokenizer.decode(row) for row in batch["targets"]]
+    return [tokenizer.decode(row) for row in batch.targets_BL]
 
 
 def test_batches_have_the_contract_shapes_and_dtypes(store):
     b = next(make_train_iterator(config(store[0])))
-    assert set(b) == {"tokens", "targets", "weights"}
-    assert b["tokens"].shape == b["targets"].shape == b["weights"].shape == (8, L)
-    assert b["tokens"].dtype == b["targets"].dtype == np.int32
-    assert b["weights"].dtype == np.float32
-    assert (b["tokens"] == tokenizer.MASK).any() and b["weights"].sum() > 0
+    assert isinstance(b, Batch) and Batch._fields == ("tokens_BL", "targets_BL", "weights_BL")
+    assert b.tokens_BL.shape == b.targets_BL.shape == b.weights_BL.shape == (8, L)
+    assert b.tokens_BL.dtype == b.targets_BL.dtype == np.int32
+    assert b.weights_BL.dtype == np.float32
+    assert (b.tokens_BL == tokenizer.MASK).any() and b.weights_BL.sum() > 0
 
 
 def test_same_seed_same_batches_other_seed_other_batches(store):
     cfg = config(store[0])
     assert_same(take(make_train_iterator(cfg), 3), take(make_train_iterator(cfg), 3))
     other = next(make_train_iterator(dataclasses.replace(cfg, seed=cfg.seed + 1)))
-    assert not np.array_equal(other["targets"], next(make_train_iterator(cfg))["targets"])
+    assert not np.array_equal(other.targets_BL, next(make_train_iterator(cfg)).targets_BL)
 
 
-@pytest.mark.parametrize("prefetch", [0, 3])
-def test_exact_resume_mid_stream(store, prefetch):
-    cfg = config(store[0], prefetch=prefetch)
+@pytest.mark.parametrize("prefetch,workers", [(0, 0), (3, 0), (0, 1)])
+def test_exact_resume_mid_stream(store, prefetch, workers):
+    """Grain threads or a worker process pass the Batch through; the state resumes exactly."""
+    cfg = config(store[0], prefetch=prefetch, worker_count=workers)
     it = make_train_iterator(cfg)
     take(it, 3)
     state = it.get_state()
     expected = take(it, 4)
+    assert all(isinstance(b, Batch) for b in expected)
     fresh = make_train_iterator(cfg)
     fresh.set_state(state)
     assert_same(take(fresh, 4), expected)
+    assert_same(expected, [make_train_iterator(config(store[0])).batches.batch(i)
+                           for i in range(3, 7)])  # the same as produced inline
     with pytest.raises(DataError, match="batch_size was 8, now 4"):
         make_train_iterator(dataclasses.replace(cfg, batch_size=4)).set_state(state)
 
@@ -111,29 +115,29 @@ def test_windows_stay_inside_chromosomes_and_keep_repeat_flags(store):
     store_dir, genomes = store
     cfg = config(store_dir, mode="clm", max_n_frac=1.0)
     for b in take(make_train_iterator(cfg), 4):
-        for row in range(len(b["targets"])):
-            window = tokenizer.decode(np.r_[b["tokens"][row, :1], b["targets"][row]])
+        for row in range(len(b.targets_BL)):
+            window = tokenizer.decode(np.r_[b.tokens_BL[row, :1], b.targets_BL[row]])
             hits = [h for h in source_of(window, genomes) if h[2] == "+"]
             assert hits  # a whole window of one chromosome, forward strand
             asm, name, _ = hits[0]
             seq = genomes[asm][name]
             start = seq.upper().index(window)
             lower = np.array([c.islower() for c in seq[start + 1 : start + L + 1]])
-            expected = np.where(lower, 0.1, 1.0) * (b["targets"][row] != tokenizer.UNK)
-            np.testing.assert_allclose(b["weights"][row], expected)
+            expected = np.where(lower, 0.1, 1.0) * (b.targets_BL[row] != tokenizer.UNK)
+            np.testing.assert_allclose(b.weights_BL[row], expected)
             assert name != "tiny"  # shorter than a window
 
 
 def test_clm_targets_are_inputs_shifted(store):
     b = next(make_train_iterator(config(store[0], mode="clm")))
-    np.testing.assert_array_equal(b["tokens"][:, 1:], b["targets"][:, :-1])
+    np.testing.assert_array_equal(b.tokens_BL[:, 1:], b.targets_BL[:, :-1])
 
 
 def test_max_n_frac_filters_windows(store):
     store_dir, genomes = store
     cfg = config(store_dir, max_n_frac=0.1, assembly_weights={"asmB": 1.0}, batch_size=32)
     for b in take(make_train_iterator(cfg), 5):
-        assert ((b["targets"] == tokenizer.UNK).mean(axis=1) <= 0.1).all()
+        assert ((b.targets_BL == tokenizer.UNK).mean(axis=1) <= 0.1).all()
         assert all(source_of(w, genomes)[0][0] == "asmB" for w in windows_of(b))
     only_dotted = ("chr1", "chr2", "gappy")
     with pytest.raises(DataError, match="no window with N fraction"):
@@ -147,7 +151,7 @@ def test_heldout_chromosomes_never_in_training_and_only_in_validation(store):
         for w in windows_of(b):
             assert all(name != "chr1" for _, name, _ in source_of(w, genomes))
     for b in make_eval_iterator(cfg):
-        real = (b["tokens"] != tokenizer.PAD).any(axis=1)  # the last batch is padded
+        real = (b.tokens_BL != tokenizer.PAD).any(axis=1)  # the last batch is padded
         for w in np.array(windows_of(b))[real]:
             assert {name for _, name, _ in source_of(w, genomes)} == {"chr1"}
     by_assembly = dataclasses.replace(cfg, holdout_chromosomes=(), holdout_assemblies=("asmA",))
@@ -160,13 +164,13 @@ def test_validation_set_is_fixed_finite_and_layout_independent(store):
     a, b = list(make_eval_iterator(cfg)), list(make_eval_iterator(cfg))
     assert len(a) == 3  # ceil(20 / 8)
     assert_same(a, b)
-    padding = a[-1]["tokens"][4:]
-    assert (padding == tokenizer.PAD).all() and (a[-1]["weights"][4:] == 0).all()
-    assert (a[-1]["tokens"][:4] != tokenizer.PAD).all()
+    padding = a[-1].tokens_BL[4:]
+    assert (padding == tokenizer.PAD).all() and (a[-1].weights_BL[4:] == 0).all()
+    assert (a[-1].tokens_BL[:4] != tokenizer.PAD).all()
     # The same 20 windows, masked the same way, whatever the batch size.
     other = list(make_eval_iterator(dataclasses.replace(cfg, batch_size=5)))
-    cat = lambda bs, k: np.concatenate([x[k] for x in bs])[:20]  # noqa: E731
-    for k in ("tokens", "targets", "weights"):
+    cat = lambda bs, k: np.concatenate([getattr(x, k) for x in bs])[:20]  # noqa: E731
+    for k in Batch._fields:
         np.testing.assert_array_equal(cat(a, k), cat(other, k))
     # Repeats weigh 0 in validation (repeat_weight_eval) but count in training.
     assert cfg.repeat_weight_eval == 0.0
@@ -179,9 +183,9 @@ def test_process_shards_are_disjoint_slices_of_the_global_batch(store):
     whole = take(make_train_iterator(dataclasses.replace(cfg, batch_size=12)), 2)
     shards = [take(make_train_iterator(cfg, process_index=p, process_count=3), 2) for p in range(3)]
     for step in range(2):
-        rows = np.concatenate([shards[p][step]["targets"] for p in range(3)])
-        np.testing.assert_array_equal(rows, whole[step]["targets"])
-        assert len({w for w in windows_of({"targets": rows})}) == 12
+        rows = np.concatenate([shards[p][step].targets_BL for p in range(3)])
+        np.testing.assert_array_equal(rows, whole[step].targets_BL)
+        assert len({w for w in windows_of(Batch(rows, rows, rows))}) == 12
     with pytest.raises(DataError, match="process_index 3"):
         make_train_iterator(cfg, process_index=3, process_count=3)
 

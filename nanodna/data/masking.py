@@ -21,6 +21,8 @@ import numpy as np
 from jaxtyping import Bool, Float32, Integer
 
 from nanodna import tokenizer
+from nanodna.data import DataError
+from nanodna.data.batch import Batch
 
 
 def loss_weights(
@@ -40,16 +42,16 @@ def mlm_mask(
     mask_frac: float = 0.8,
     random_frac: float = 0.1,
     repeat_weight: float = 0.1,
-) -> dict[str, np.ndarray]:
-    """Masked-LM batch: {tokens, targets, weights}; see the module docstring for the rule.
+) -> Batch:
+    """Masked-LM Batch (tokens_BL, targets_BL, weights_BL); see the module docstring for the rule.
 
     mask_frac / random_frac: shares of the selected positions that become [MASK] / a random
     base; the rest stay unchanged.
     """
     if not (0.0 <= mask_prob <= 1.0 and mask_frac >= 0 and random_frac >= 0):
-        raise ValueError("mask_prob must be in [0, 1] and the fractions non-negative")
+        raise DataError("mask_prob must be in [0, 1] and the fractions non-negative")
     if mask_frac + random_frac > 1.0 + 1e-9:
-        raise ValueError(f"mask_frac + random_frac = {mask_frac + random_frac} > 1")
+        raise DataError(f"mask_frac + random_frac = {mask_frac + random_frac} > 1")
     targets_BL = ids_BL.astype(np.int32)
     maskable = (targets_BL != tokenizer.PAD) & (targets_BL != tokenizer.UNK)
     selected = maskable & (rng.random(ids_BL.shape) < mask_prob)
@@ -60,11 +62,7 @@ def mlm_mask(
     random_bases = tokenizer.ACGT[rng.integers(0, 4, size=ids_BL.shape)]
     tokens_BL = np.where(to_mask, tokenizer.MASK, np.where(to_random, random_bases, targets_BL))
     weights_BL = np.where(repeat_BL, repeat_weight, 1.0).astype(np.float32) * selected
-    return {
-        "tokens": tokens_BL.astype(np.int32),
-        "targets": targets_BL,
-        "weights": weights_BL.astype(np.float32),
-    }
+    return Batch(tokens_BL.astype(np.int32), targets_BL, weights_BL.astype(np.float32))
 
 
 def clm_shift(
@@ -72,15 +70,15 @@ def clm_shift(
     repeat_BL1: Bool[np.ndarray, "B L1"],
     *,
     repeat_weight: float = 0.1,
-) -> dict[str, np.ndarray]:
-    """Causal-LM batch from windows one longer than the model input: predict w[t+1] from w[:t+1].
+) -> Batch:
+    """Causal-LM Batch from windows one longer than the model input: predict w[t+1] from w[:t+1].
 
     No randomness: the window itself is the only source of variation.
     """
     targets_BL = ids_BL1[:, 1:].astype(np.int32)
-    return {
-        "tokens": ids_BL1[:, :-1].astype(np.int32),
-        "targets": targets_BL,
-        "weights": loss_weights(targets_BL, repeat_BL1[:, 1:], repeat_weight),
-    }
+    return Batch(
+        ids_BL1[:, :-1].astype(np.int32),
+        targets_BL,
+        loss_weights(targets_BL, repeat_BL1[:, 1:], repeat_weight),
+    )
 

@@ -35,6 +35,7 @@ from jaxtyping import Bool, Int64, UInt8
 
 from nanodna import tokenizer
 from nanodna.data import DataError, masking
+from nanodna.data.batch import Batch
 from nanodna.data.genome import Chromosome, GenomeStore
 
 _TRAIN, _EVAL = 1, 2  # stream ids in random keys, so train and eval never share randomness
@@ -275,8 +276,8 @@ class WindowBatches:
             f"{MAX_ATTEMPTS} draws: the genomes are mostly N, or max_n_frac is too strict"
         )
 
-    def batch(self, index: int) -> dict[str, np.ndarray]:
-        """{tokens, targets, weights} for this process's rows of global batch `index`."""
+    def batch(self, index: int) -> Batch:
+        """The Batch of this process's rows of global batch `index`."""
         B, p = self.cfg.batch_size, self.process_index
         rows = np.arange(p * B, (p + 1) * B)
         if self.train:
@@ -288,7 +289,7 @@ class WindowBatches:
             return self._targets(ids_BW, repeat_BW, rng)
         return self._eval_batch(index * self.global_batch + rows)
 
-    def _eval_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    def _eval_batch(self, rows: np.ndarray) -> Batch:
         # Masks come from each window's own key: the validation set is the same whatever the
         # batch size or process count, so validation losses stay comparable.
         real = rows[rows < self.cfg.eval_windows]
@@ -305,15 +306,15 @@ class WindowBatches:
         if pad:
             L = self.cfg.seq_len
             parts.append(
-                {
-                    "tokens": np.full((pad, L), tokenizer.PAD, np.int32),
-                    "targets": np.full((pad, L), tokenizer.PAD, np.int32),
-                    "weights": np.zeros((pad, L), np.float32),
-                }
+                Batch(
+                    tokens_BL=np.full((pad, L), tokenizer.PAD, np.int32),
+                    targets_BL=np.full((pad, L), tokenizer.PAD, np.int32),
+                    weights_BL=np.zeros((pad, L), np.float32),
+                )
             )
-        return {k: np.concatenate([b[k] for b in parts]) for k in ("tokens", "targets", "weights")}
+        return Batch(*(np.concatenate(field) for field in zip(*parts)))
 
-    def _targets(self, ids_BW, repeat_BW, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _targets(self, ids_BW, repeat_BW, rng: np.random.Generator) -> Batch:
         if self.cfg.mode == "clm":
             return masking.clm_shift(ids_BW, repeat_BW, repeat_weight=self.repeat_weight)
         return masking.mlm_mask(
@@ -363,13 +364,13 @@ class BatchIterator:
     def __iter__(self) -> BatchIterator:
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> Batch:
         if self._it is None:
             self._it = _open(self.batches, self.next_batch)
         batch = next(self._it)
         self.next_batch += 1
         # Plain arrays: worker batches live in shared memory that Grain frees with the array.
-        return {k: np.array(v) for k, v in batch.items()}
+        return Batch(*(np.array(v) for v in batch))
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -387,7 +388,7 @@ class BatchIterator:
         self._it = None  # restart the producer at the new position
 
 
-def _open(batches: WindowBatches, start: int) -> Iterator[dict[str, np.ndarray]]:
+def _open(batches: WindowBatches, start: int) -> Iterator[Batch]:
     cfg = batches.cfg
     try:
         import grain

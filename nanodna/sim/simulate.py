@@ -37,9 +37,9 @@ from nanodna import atomic, tokenizer
 from nanodna.data import DataError, genome
 from nanodna.data.tables import write_tsv
 from nanodna.errors import UserError, fail
+from nanodna.sim import ancestor as anc_lib
 from nanodna.sim import card as sim_card
 from nanodna.sim import eval_tables as sim_eval
-from nanodna.sim import ancestor as anc_lib
 from nanodna.sim.config import PRESETS, SimConfig, make_config
 from nanodna.sim.evolve import Species, bases_at_ancestral, evolve
 
