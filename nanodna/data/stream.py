@@ -1,6 +1,7 @@
 """Training and validation batches from genome stores, deterministic and exactly resumable.
 
-Every batch is a pure function of (seed, batch index): window positions come from a random
+Each element is a `nanodna.data.batch.Batch` (tokens_BL, targets_BL, weights_BL), numpy on the
+host. Every batch is a pure function of (seed, batch index): window positions come from a random
 generator keyed by (seed, stream, index), masking from one keyed by (seed, stream, index,
 process). So an iterator's whole state is the index of its next batch, resuming is exact, and
 the training loop can save that state (JSON) next to the model in its checkpoint. Grain runs
