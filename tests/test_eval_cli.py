@@ -108,14 +108,6 @@ def test_evaluate_table_fast_path(tmp_path, rng, model):
     assert unlabelled["n"] == 40 and "roc_auc" not in unlabelled
 
 
-def test_checkpoint_step(tmp_path):
-    for s in (5, 120, 40):
-        (tmp_path / "run" / "checkpoints" / str(s)).mkdir(parents=True)
-    assert report.checkpoint_step(tmp_path / "run") == 120
-    assert report.checkpoint_step(tmp_path / "run" / "checkpoints" / "40") == 40
-    assert report.checkpoint_step(tmp_path) is None
-
-
 def run_cli(*args):
     # the child shares the suite's persistent compilation cache (set up in conftest.py)
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
@@ -133,6 +125,13 @@ def test_cli_bad_table_is_one_line_exit_2(tmp_path):
         r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ") and "row 1" in r.stderr
     )
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, rng):
+    data = write_table(tmp_path / "t.tsv", rng, n=4, length=8)
+    r = run_cli("--checkpoint", tmp_path, "--data", data, "--out", tmp_path / "r.json")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not a training workdir" in r.stderr
 
 
 def test_cli_end_to_end(tmp_path, rng):
