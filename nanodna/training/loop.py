@@ -15,13 +15,10 @@ ones, the tests small stand-ins from tests/_fakes.py); the config here only sets
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -43,6 +40,7 @@ from nanodna.training.checkpoint import Checkpointer
 from nanodna.training.logging import MetricsLogger, mfu, peak_flops_per_device
 from nanodna.training.optim import make_optimizer
 from nanodna.training.schedules import StepBudget, hot_cold_steps, make_schedule
+from nanodna.training.signals import StopRequested, stop_on_signals
 
 BatchIterator = Iterator[Batch]  # with get_state() -> dict and set_state(dict), for resuming
 EvaluateTable = Callable[..., dict]  # (model, model_cfg, table, batch_size=, max_rows=) -> metrics
@@ -50,35 +48,6 @@ EvaluateTable = Callable[..., dict]  # (model, model_cfg, table, batch_size=, ma
 
 class NonFiniteLoss(UserError, FloatingPointError):
     """The loss became NaN or infinite (lower optim.lr, or check the data); names the step."""
-
-
-class StopRequested:
-    """Set by SIGTERM / SIGINT; the loop checks it once per step. A second signal aborts."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __call__(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __bool__(self) -> bool:
-        return self.signum is not None
-
-
-@contextlib.contextmanager
-def stop_on_signals(flag: StopRequested):
-    """Route SIGTERM and SIGINT to `flag` while inside (main thread only, as Python requires)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield flag
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @dataclasses.dataclass
