@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 from nanodna import tokenizer
+from nanodna.config import Config, to_dict
+from nanodna.data.config import DataConfig
 from nanodna.evaluation import conservation, metrics, report
 from nanodna.evaluation.tables import read_table
-from nanodna.models import ModelConfig
+from nanodna.models import ModelConfig, build_model
+from nanodna.training.checkpoint import Checkpointer
+from nanodna.training.step import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,15 +140,6 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, rng):
 
 def test_cli_end_to_end(tmp_path, rng):
     """A real tiny Caduceus saved by the training code's Checkpointer, scored by eval.py."""
-    pytest.importorskip(
-        "nanodna.data.stream", reason="needs the data stream's DataConfig for a saved Config"
-    )
-    from nanodna.config import Config, to_dict
-    from nanodna.data.stream import DataConfig
-    from nanodna.models import build_model
-    from nanodna.training.checkpoint import Checkpointer
-    from nanodna.training.step import TrainState
-
     cfg = Config(
         model=ModelConfig(arch="caduceus", d_model=8, n_layers=1, max_len=16), data=DataConfig()
     )

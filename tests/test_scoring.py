@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from nanodna import tokenizer
 from nanodna.evaluation import scoring
@@ -272,7 +273,6 @@ def test_batch_size_invariance(rng, key, cfg):
 
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs several (simulated) devices")
 def test_model_on_a_mesh_scores_data_parallel(rng, key):
-    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
     model = ConvLM(key)
     mesh = Mesh(np.array(jax.devices()), ("data",), axis_types=(AxisType.Auto,))
