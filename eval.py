@@ -6,13 +6,16 @@
 --checkpoint is a training workdir (its latest checkpoint) or one step's folder. Writes
 results.json (ROC AUC, AUPRC with bootstrap 95% intervals, n, step, arch, speed), scores.tsv
 and roc.png / hist.png beside it. The logic lives in nanodna.evaluation; this file only parses
-the command line. A bad table or checkpoint path ends with one `error: ...` line and exit code 2.
+the command line. A bad table or checkpoint path (any nanodna.errors.UserError) ends with one
+`error: ...` line on stderr and exit code 2.
 """
 
 import argparse
 import logging
-import os
 import sys
+
+from nanodna.errors import UserError, fail
+from nanodna.evaluation import report, tables
 
 
 def main(argv=None) -> int:
@@ -37,26 +40,15 @@ def main(argv=None) -> int:
 
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
-    # Check the table before importing JAX or loading the model: bad input fails in a second.
-    from nanodna.evaluation import tables
-
-    try:
-        table = tables.read_table(args.data, args.task, args.max_rows)
-    except tables.EvalTableError as e:
-        return _fail(e)
-    if not os.path.isdir(args.checkpoint):
-        return _fail(f"{args.checkpoint}: no such checkpoint folder")
-
     # Orbax logs its read-only restore settings as warnings through absl: not news to a user.
     logging.getLogger("absl").setLevel(logging.ERROR)
-    from nanodna.evaluation import metrics, report
-
     try:
+        table = tables.read_table(args.data, args.task, args.max_rows)  # before the model loads
         results = report.evaluate_checkpoint(
             args.checkpoint, table, args.out, args.batch_size, args.bootstrap, args.seed
         )
-    except (metrics.MetricsError, FileNotFoundError) as e:
-        return _fail(e)
+    except UserError as e:
+        return fail(e)
     if "roc_auc" in results:
         lo, hi = results.get("roc_auc_ci", (float("nan"), float("nan")))
         print(
@@ -66,11 +58,6 @@ def main(argv=None) -> int:
     print(f"n {results['n']}  step {results['step']}  {results['windows_per_s']:.1f} windows/s")
     print(f"wrote {args.out}")
     return 0
-
-
-def _fail(message) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

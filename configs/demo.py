@@ -6,16 +6,16 @@ Generates the simulated `demo` genome set (16 species x 200 kbp, a few seconds) 
 data/sim_demo on first use, trains under a wall-clock budget, then scores conservation ROC AUC
 on the simulated set's small table (target >= 0.65) with the four-allele causal rule.
 
-Why a causal transformer and not PlantCAD's Caduceus-PS here: on a 2-core CPU the selective
-scan is the bottleneck (caduceus_tiny trains at ~3k tokens/s, this model at ~14k), and the
-causal objective puts a loss on every position instead of 15% of them. The model has to see
-~4M tokens before it leaves the base-composition plateau; only this recipe gets there inside
+Why a causal transformer and not PlantCAD's Caduceus-PS here: on a CPU the selective scan is
+the bottleneck (this model trains several times faster than caduceus_tiny), and the causal
+objective puts a loss on every position instead of 15% of them. The model has to see a few
+million tokens before it leaves the base-composition plateau; only this recipe gets there inside
 the budget. configs/demo_caduceus.py is the same demo with PlantCAD's Caduceus-PS and masked
-objective: on this CPU it reaches only AUC 0.54 within the budget; on a GPU it is the one to run.
+objective, the one to run on a GPU. Measured speeds and AUCs of both: BENCHMARKS.md, "Demo".
 """
 
 from nanodna.config import Config, EvalConfig, OptimConfig, SimulateConfig, TrainConfig
-from nanodna.data.stream import DataConfig
+from nanodna.data.config import DataConfig
 from nanodna.models import sizes
 
 SEQ_LEN = 128

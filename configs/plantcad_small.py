@@ -2,9 +2,10 @@
 
     python train.py --config configs/plantcad_small.py --workdir runs/plantcad_l20
 
-Recipe (see /work/shared/REFERENCE.md): 512-bp windows, masked LM on 15% of positions
-(80/10/10), repeats weighted 0.1 in the loss, AdamW lr 2e-4 wd 0.01, 1,000 warmup steps then
-constant, 120k steps. By default it trains on the embedded `large` simulated set (16 species x
+Recipe (PlantCaduceus, Zhai et al. 2025: its HF_pre_train.py and the PlantCaduceus_l20 model
+card, https://huggingface.co/kuleshov-group/PlantCaduceus_l20): 512-bp windows, masked LM on
+15% of positions (80/10/10), repeats weighted 0.1 in the loss, AdamW lr 2e-4 wd 0.01, 1,000
+warmup steps then constant, 120k steps. By default it trains on the embedded `large` simulated set (16 species x
 10 Mbp, generated on first use) and scores the simulated conservation table.
 
 Real genomes instead: prepare a genome store, point the data at it and turn simulation off:
@@ -16,7 +17,7 @@ Real genomes instead: prepare a genome store, point the data at it and turn simu
 """
 
 from nanodna.config import Config, EvalConfig, OptimConfig, SimulateConfig, TrainConfig
-from nanodna.data.stream import DataConfig
+from nanodna.data.config import DataConfig
 from nanodna.models import sizes
 
 

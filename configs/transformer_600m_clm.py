@@ -3,7 +3,7 @@
     python train.py --config configs/transformer_600m_clm.py --workdir runs/marin_600m
 
 24 layers x 1408, 22 heads of 64, 512-token windows, AdamW lr 3e-4 wd 0.1 betas (0.9, 0.95),
-clip 1.0, bf16 compute (see /work/shared/REFERENCE.md). Trained with WSD-S: every cycle ends in a
+clip 1.0, bf16 compute (marin experiment 1729, https://github.com/marin-community/marin). Trained with WSD-S: every cycle ends in a
 short decay whose end is a "cold" checkpoint (kept and labelled in checkpoints/labels.json,
 next to the "hot" one it branched from), so the hot/cold gap in eval loss can be measured.
 """

@@ -1,8 +1,8 @@
 """The experiment config: one nested dataclass, written as plain Python in configs/*.py.
 
     Config
-      model  ModelConfig   (nanodna.models)       architecture and sizes
-      data   DataConfig    (nanodna.data.stream)  genomes, windows, masking, batch size
+      model  ModelConfig   (nanodna.models.config) architecture and sizes
+      data   DataConfig    (nanodna.data.config)   genomes, windows, masking, batch size
       optim  OptimConfig   (here)                 AdamW and the learning-rate schedule
       train  TrainConfig   (here)                 steps, devices, checkpoints, logging
       eval   EvalConfig    (here)                 validation loss and conservation AUC
@@ -12,7 +12,8 @@ A config file defines `get_config() -> Config`. The command line changes fields 
 `key=value` overrides (`optim.lr=3e-4 model.n_layers=4`); values are Python literals, checked
 against the field's type so that a typo fails at once with a one-line message instead of deep
 inside a jitted step. The resolved config is saved as JSON in the workdir (`to_dict`) and
-rebuilt from there for evaluation (`from_dict`).
+rebuilt from there for evaluation (`from_dict`). Importing this module loads neither JAX nor
+Grain: the two section types come from their light modules.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from nanodna.data.config import DataConfig
+from nanodna.models.config import ModelConfig
 from nanodna.overrides import (  # noqa: F401 (re-exported: the config's grammar)
     ConfigError,
     all_keys,
@@ -94,30 +97,24 @@ class SimulateConfig:
 
 @dataclass
 class Config:
-    # model and data are typed Any so that this module imports neither the models nor the data
-    # stream (see _section_types); tests may also pass small stand-in dataclasses.
-    model: Any  # nanodna.models.ModelConfig
-    data: Any  # nanodna.data.stream.DataConfig
+    # SECTIONS gives the real types (from_dict builds them); typed Any because the training
+    # tests pass small stand-in dataclasses for model and data.
+    model: Any  # ModelConfig
+    data: Any  # DataConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
 
 
-def _section_types() -> dict[str, type]:
-    """The dataclass of each top-level section. Imported here, not at module level, so that the
-    config system (and the training code under test) does not depend on a half-written model."""
-    from nanodna.data.stream import DataConfig
-    from nanodna.models import ModelConfig
-
-    return {
-        "model": ModelConfig,
-        "data": DataConfig,
-        "optim": OptimConfig,
-        "train": TrainConfig,
-        "eval": EvalConfig,
-        "simulate": SimulateConfig,
-    }
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "simulate": SimulateConfig,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +139,7 @@ def load_config(path: str) -> Config:
 
 def from_dict(d: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. a workdir's config.json)."""
-    sections = _section_types()
+    sections = SECTIONS
     unknown = sorted(set(d) - set(sections))
     if unknown:
         raise ConfigError(f"unknown config section '{unknown[0]}' in saved config")

@@ -1,7 +1,7 @@
 """Stand-ins for the training tests: a tiny Equinox model and a resumable batch iterator.
 
-They follow the shared contracts (model(tokens_BL) -> logits_BLV float32; batches of tokens /
-targets / weights with get_state / set_state) so the training code is tested on its own.
+They follow the shared contracts (model(tokens_BL) -> logits_BLV float32; Batch(tokens_BL, targets_BL, weights_BL)
+batches with get_state / set_state) so the training code is tested on its own.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from nanodna.data.batch import Batch
 
 VOCAB = 8
 
@@ -59,14 +61,14 @@ class FakeIterator:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> Batch:
         rng = np.random.default_rng([self.seed, self.index])
         self.index += 1
         targets = rng.integers(3, 7, size=(self.batch_size, self.seq_len)).astype(np.int32)
         masked = rng.random(targets.shape) < 0.3
         tokens = np.where(masked, 1, targets).astype(np.int32)
         weights = masked.astype(np.float32)
-        return {"tokens": tokens, "targets": targets, "weights": weights}
+        return Batch(tokens, targets, weights)
 
     def get_state(self) -> dict:
         return {"index": self.index, "seed": self.seed}

@@ -1,15 +1,16 @@
 """Checkpoints: save/restore round trip (state, iterator state, RNG), retention, labels."""
 
-import os
 
 import jax
 import numpy as np
+import pytest
 
+from nanodna.checkpoint import CheckpointError, resolve
 from nanodna.config import OptimConfig
 from nanodna.training import mesh as mesh_lib
 from nanodna.training import step as step_lib
+from nanodna.training.checkpoint import Checkpointer, read_labels
 from nanodna.training.optim import make_optimizer
-from nanodna.training.checkpoint import Checkpointer, _resolve, read_labels
 from tests._fakes import FakeIterator, build_tiny
 
 
@@ -49,7 +50,7 @@ def test_round_trip_restores_state_iterator_and_rng(tmp_path):
     # The restored iterator continues with the batch the original would have produced next.
     it2 = FakeIterator(seed=0)
     it2.set_state(data_state)
-    np.testing.assert_array_equal(next(it2)["tokens"], next(it)["tokens"])
+    np.testing.assert_array_equal(next(it2).tokens_BL, next(it).tokens_BL)
 
 
 def test_keeps_last_n_plus_labelled_steps(tmp_path):
@@ -64,14 +65,17 @@ def test_keeps_last_n_plus_labelled_steps(tmp_path):
 
 
 def test_resolve_workdir_and_step_folder(tmp_path):
-    (tmp_path / "checkpoints" / "12").mkdir(parents=True)
+    for s in (5, 120, 40):
+        (tmp_path / "checkpoints" / str(s)).mkdir(parents=True)
+    (tmp_path / "checkpoints" / "130.orbax-checkpoint-tmp-1").mkdir()  # still being written
     (tmp_path / "config.json").write_text("{}")
-    assert _resolve(str(tmp_path)) == (str(tmp_path), None)
-    assert _resolve(str(tmp_path / "checkpoints" / "12")) == (str(tmp_path), 12)
-    try:
-        _resolve(str(tmp_path / "checkpoints"))
-    except FileNotFoundError as e:
-        assert "not a training workdir" in str(e)
-    else:
-        raise AssertionError("expected FileNotFoundError")
-    assert os.path.isdir(tmp_path / "checkpoints")
+    assert resolve(tmp_path) == (str(tmp_path), 120)  # a workdir: its latest finished step
+    assert resolve(str(tmp_path / "checkpoints" / "40") + "/") == (str(tmp_path), 40)
+    with pytest.raises(CheckpointError, match="not a training workdir"):
+        resolve(tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError, match="no checkpoint at step 7"):
+        resolve(tmp_path / "checkpoints" / "7")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no checkpoint saved yet"):
+        resolve(tmp_path / "empty")

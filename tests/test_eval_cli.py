@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 from nanodna import tokenizer
+from nanodna.config import Config, to_dict
+from nanodna.data.config import DataConfig
 from nanodna.evaluation import conservation, metrics, report
 from nanodna.evaluation.tables import read_table
-from nanodna.models import ModelConfig
+from nanodna.models import ModelConfig, build_model
+from nanodna.training.checkpoint import Checkpointer
+from nanodna.training.step import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,14 +112,6 @@ def test_evaluate_table_fast_path(tmp_path, rng, model):
     assert unlabelled["n"] == 40 and "roc_auc" not in unlabelled
 
 
-def test_checkpoint_step(tmp_path):
-    for s in (5, 120, 40):
-        (tmp_path / "run" / "checkpoints" / str(s)).mkdir(parents=True)
-    assert report.checkpoint_step(tmp_path / "run") == 120
-    assert report.checkpoint_step(tmp_path / "run" / "checkpoints" / "40") == 40
-    assert report.checkpoint_step(tmp_path) is None
-
-
 def run_cli(*args):
     # the child shares the suite's persistent compilation cache (set up in conftest.py)
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
@@ -135,17 +131,15 @@ def test_cli_bad_table_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, rng):
+    data = write_table(tmp_path / "t.tsv", rng, n=4, length=8)
+    r = run_cli("--checkpoint", tmp_path, "--data", data, "--out", tmp_path / "r.json")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not a training workdir" in r.stderr
+
+
 def test_cli_end_to_end(tmp_path, rng):
     """A real tiny Caduceus saved by the training code's Checkpointer, scored by eval.py."""
-    pytest.importorskip(
-        "nanodna.data.stream", reason="needs the data stream's DataConfig for a saved Config"
-    )
-    from nanodna.config import Config, to_dict
-    from nanodna.data.stream import DataConfig
-    from nanodna.models import build_model
-    from nanodna.training.checkpoint import Checkpointer
-    from nanodna.training.step import TrainState
-
     cfg = Config(
         model=ModelConfig(arch="caduceus", d_model=8, n_layers=1, max_len=16), data=DataConfig()
     )

@@ -1,5 +1,6 @@
 """AdamW's weight-decay mask: matrices decay; norms, biases, 1-D and SSM parameters do not."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,6 @@ from tests._fakes import build_tiny
 
 
 def test_decay_mask_on_tiny_model():
-    import equinox as eqx
-
     params = eqx.filter(build_tiny()(jax.random.key(0)), eqx.is_inexact_array)
     mask = decay_mask(params)
     assert mask.embed_VD is True and mask.mlp.weight is True and mask.head.weight is True

@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from nanodna import tokenizer
 from nanodna.evaluation import scoring
 from nanodna.evaluation.tables import EvalTable, default_pos
-from nanodna.models import ModelConfig
+from nanodna.models import ModelConfig, conjoined_logits
 
 V = tokenizer.VOCAB_SIZE
 MLM_CFG = ModelConfig(
@@ -162,6 +163,15 @@ def test_target_is_masked():
         np.testing.assert_allclose(got.log_probs_RK, np.log(0.25), atol=1e-6)
 
 
+class Conjoined(eqx.Module):
+    """A model averaged over both strands by the model side's post-hoc conjoining."""
+
+    inner: eqx.Module
+
+    def __call__(self, tokens_BL):
+        return conjoined_logits(self.inner, tokens_BL)
+
+
 def test_strand_average_matches_hand_computation(rng, key):
     model = ConvLM(key)
     table = make_table(random_seqs(rng, 4, 15), pos=rng.integers(0, 15, size=4))
@@ -169,12 +179,16 @@ def test_strand_average_matches_hand_computation(rng, key):
     assert got.strand_average
     for i in range(4):
         x, p = table.ids[i], int(table.pos_R[i])
-        p_fwd = np.exp(masked_lp(model, x, p))
+        lp_fwd = masked_lp(model, x, p).astype(np.float64)
         # on rc(x) the target sits at L-1-p and its allele order a/c/g/t reads t/g/c/a
-        p_rc = np.exp(masked_lp(model, tokenizer.reverse_complement(x), len(x) - 1 - p))[::-1]
-        np.testing.assert_allclose(
-            got.log_probs_RK[i], np.log((p_fwd + p_rc) / 2), rtol=1e-5, atol=1e-5
-        )
+        lp_rc = masked_lp(model, tokenizer.reverse_complement(x), len(x) - 1 - p)[::-1]
+        # the strand mean is over log-probabilities (a normalised geometric mean)
+        expected = log_softmax((lp_fwd + lp_rc.astype(np.float64)) / 2)
+        np.testing.assert_allclose(got.log_probs_RK[i], expected, rtol=1e-5, atol=1e-5)
+    # the same mean as the model's conjoining: one strand of the conjoined model scores alike
+    conj = scoring.score_table(Conjoined(model), MLM_CFG, table, batch_size=3,
+                               strand_average=False)
+    np.testing.assert_allclose(conj.log_probs_RK, got.log_probs_RK, rtol=1e-5, atol=1e-5)
     # the one-strand score differs for a model that is not RC-equivariant
     assert not np.allclose(scoring.score_table(model, PS_CFG, table).score_R, got.score_R)
 
@@ -259,7 +273,6 @@ def test_batch_size_invariance(rng, key, cfg):
 
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs several (simulated) devices")
 def test_model_on_a_mesh_scores_data_parallel(rng, key):
-    from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
     model = ConvLM(key)
     mesh = Mesh(np.array(jax.devices()), ("data",), axis_types=(AxisType.Auto,))

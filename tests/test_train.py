@@ -4,13 +4,22 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nanodna.checkpoint import load_model
 from nanodna.config import Config, EvalConfig, OptimConfig, TrainConfig
+from nanodna.data.simulate import simulate
 from nanodna.training import loop
+from nanodna.training.schedules import StepBudget
 from tests._fakes import FakeIterator, TinyConfig, build_tiny
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 @dataclasses.dataclass
@@ -98,12 +107,12 @@ class _NanAt(FakeIterator):
     def __next__(self):
         batch = super().__next__()
         if self.index == self.at:
-            batch["weights"] = batch["weights"] * np.float32("nan")
+            batch = batch._replace(weights_BL=batch.weights_BL * np.float32("nan"))
         return batch
 
 
 def test_nan_loss_stops_with_step_number(tmp_path):
-    with pytest.raises(FloatingPointError, match="step 3"):
+    with pytest.raises(loop.NonFiniteLoss, match="step 3"):
         _train(_cfg(steps=10), tmp_path, it_factory=lambda c: _NanAt(at=3))
 
 
@@ -122,23 +131,22 @@ def test_time_budget_stops_with_final_eval_and_checkpoint(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_sim(tmp_path_factory):
-    from nanodna.data.simulate import simulate
-
     out = tmp_path_factory.mktemp("sim") / "tiny"
     simulate(str(out), seed=1, preset="demo", progress=False, n_species=3, genome_length=20_000)
     return out
 
 
-def test_cli_end_to_end_and_load_for_eval(tmp_path, tiny_sim):
-    import subprocess
-    import sys
+def _run_train(*args):
+    # One CPU device, and the tests' persistent compilation cache (faster reruns).
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+           "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--config",
+         os.path.join(ROOT, "configs", "demo.py"), *map(str, args)],
+        capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
 
-    import jax
-    import jax.numpy as jnp
 
-    from nanodna.training.checkpoint import load_for_eval
-
-    root = os.path.join(os.path.dirname(__file__), "..")
+def test_cli_end_to_end_and_load_model(tmp_path, tiny_sim):
     workdir = tmp_path / "run"
     overrides = [
         f"simulate.dir={tiny_sim}", "model.d_model=16", "model.n_layers=1", "model.max_len=32",
@@ -147,13 +155,7 @@ def test_cli_end_to_end_and_load_for_eval(tmp_path, tiny_sim):
         "train.checkpoint_every=2", "train.log_every=1", "eval.every=0", "eval.val_batches=1",
         "eval.max_rows=32", "eval.batch_size=16", "train.progress=False",
     ]
-    # One CPU device, and the tests' persistent compilation cache (faster reruns).
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
-           "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
-    proc = subprocess.run(
-        [sys.executable, os.path.join(root, "train.py"), "--config",
-         os.path.join(root, "configs", "demo.py"), "--workdir", str(workdir), *overrides],
-        capture_output=True, text=True, env=env, timeout=240, cwd=root)
+    proc = _run_train("--workdir", workdir, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parameters" in proc.stdout and "optim.lr = " in proc.stdout
 
@@ -163,28 +165,39 @@ def test_cli_end_to_end_and_load_for_eval(tmp_path, tiny_sim):
     assert final and 0.0 <= final[-1]["eval/roc_auc"] <= 1.0 and final[-1]["eval/n"] == 32
     assert np.isfinite(final[-1]["eval/val_loss"])
 
-    model, cfg = load_for_eval(str(workdir))
-    assert cfg.train.steps == 4 and cfg.model.d_model == 16
+    model, cfg, step = load_model(str(workdir))
+    assert step == 4 and cfg.train.steps == 4 and cfg.model.d_model == 16
     tokens = jax.random.randint(jax.random.key(0), (2, 32), 3, 7)
     logits = model(tokens)
     assert logits.shape == (2, 32, 8) and bool(jnp.all(jnp.isfinite(logits)))
     # A step folder loads that step's weights, which differ from the latest ones.
-    model2, _ = load_for_eval(str(workdir / "checkpoints" / "2"))
+    model2, _, step2 = load_model(str(workdir / "checkpoints" / "2"))
+    assert step2 == 2
     assert not np.allclose(np.asarray(model2(tokens)), np.asarray(logits))
 
     # A bad override is one line on stderr, exit code 2, no traceback.
-    bad = subprocess.run(
-        [sys.executable, os.path.join(root, "train.py"), "--config",
-         os.path.join(root, "configs", "demo.py"), "optim.lrr=1"],
-        capture_output=True, text=True, env=env, timeout=60, cwd=root)
+    bad = _run_train("optim.lrr=1")
     assert bad.returncode == 2 and "optim.lrr" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("table", ["missing.tsv", "bad.tsv"])
+def test_cli_bad_eval_table_fails_before_the_first_step(tmp_path, tiny_sim, table):
+    (tmp_path / "bad.tsv").write_text("sequence\tlabel\nACGTACGT\t1\nACGTACGT\t7\n")
+    workdir = tmp_path / "run"
+    proc = _run_train("--workdir", workdir, "simulate.preset=None",
+                      f"data.store_dirs=['{tiny_sim / 'store'}']", f"eval.table={tmp_path / table}",
+                      "train.steps=2", "train.progress=False")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and proc.stderr.strip().count("\n") == 0
+    assert table in proc.stderr and "Traceback" not in proc.stderr
+    assert not (workdir / "metrics.jsonl").exists()  # no step was trained
 
 
 def test_step_budget_fits_wsd_run_to_the_time_left():
     cfg = _cfg(steps=10_000, max_minutes=1.0)
     cfg = dataclasses.replace(cfg, optim=OptimConfig(schedule="wsd", warmup_steps=10,
                                                      decay_fraction=0.2))
-    budget = loop.StepBudget(cfg, total=10_000)
+    budget = StepBudget(cfg, total=10_000)
     budget.eval_s = 5.0
     t_start = 100.0
     assert not budget.fit(1, now=t_start + 10.0, t_start=t_start)  # starts the clock
@@ -195,5 +208,5 @@ def test_step_budget_fits_wsd_run_to_the_time_left():
     assert not budget.fit(400, now=t_start + 50.0, t_start=t_start)
     assert budget.total == 451
     # Not a WSD run, or no budget: never refitted.
-    off = loop.StepBudget(_cfg(steps=100, max_minutes=1.0), total=100)  # wsds
+    off = StepBudget(_cfg(steps=100, max_minutes=1.0), total=100)  # wsds
     assert not off.active

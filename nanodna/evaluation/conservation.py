@@ -15,6 +15,7 @@ import numpy as np
 
 from nanodna.evaluation import metrics, scoring
 from nanodna.evaluation.tables import EvalTable, read_table
+from nanodna.models.config import ModelConfig
 
 
 def load_table(
@@ -37,7 +38,7 @@ def _load_cached(path: str, size: int, mtime_ns: int, task: str, max_rows: int |
 
 def evaluate_table(
     model,
-    model_cfg,
+    model_cfg: ModelConfig,
     table_path: str | os.PathLike,
     batch_size: int = 64,
     max_rows: int | None = None,

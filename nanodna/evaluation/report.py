@@ -18,22 +18,10 @@ import os
 import numpy as np
 
 from nanodna import tokenizer
+from nanodna.checkpoint import load_model
 from nanodna.evaluation import metrics, plots, scoring
 from nanodna.evaluation.tables import EvalTable
-
-
-def checkpoint_step(path: str | os.PathLike) -> int | None:
-    """The step a checkpoint path stands for: a step folder's own number, or the largest step
-    folder under a workdir's checkpoints/ (the one load_for_eval picks). None if unknown."""
-    path = os.path.normpath(os.fspath(path))
-    if os.path.basename(path).isdigit():
-        return int(os.path.basename(path))
-    for folder in (os.path.join(path, "checkpoints"), path):
-        if os.path.isdir(folder):
-            steps = [int(d) for d in os.listdir(folder) if d.isdigit()]
-            if steps:
-                return max(steps)
-    return None
+from nanodna.models.config import ModelConfig
 
 
 def evaluate_checkpoint(
@@ -45,11 +33,11 @@ def evaluate_checkpoint(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Load a workdir's latest checkpoint (or one step folder) and evaluate it on `table`."""
-    from nanodna.training.checkpoint import load_for_eval  # heavy (Orbax); only needed here
+    """Load a workdir's latest checkpoint (or one step folder) and evaluate it on `table`.
 
-    model, config = load_for_eval(checkpoint)
-    info = {"checkpoint": os.path.abspath(checkpoint), "step": checkpoint_step(checkpoint)}
+    Raises nanodna.checkpoint.CheckpointError for a path that holds no checkpoint."""
+    model, config, step = load_model(checkpoint)
+    info = {"checkpoint": os.path.abspath(checkpoint), "step": step}
     return evaluate_model(
         model, config.model, table, out, batch_size, bootstrap, seed, progress, info
     )
@@ -57,7 +45,7 @@ def evaluate_checkpoint(
 
 def evaluate_model(
     model,
-    model_cfg,
+    model_cfg: ModelConfig,
     table: EvalTable,
     out: str = "results.json",
     batch_size: int = 64,
@@ -72,8 +60,8 @@ def evaluate_model(
     results.update(
         task=table.task,
         table=os.path.abspath(table.path),
-        arch=getattr(model_cfg, "arch", None),
-        model=dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else None,
+        arch=model_cfg.arch,
+        model=dataclasses.asdict(model_cfg),
         rule=scores.rule,
         strand_average=scores.strand_average,
         n=len(table),
@@ -100,8 +88,9 @@ def evaluate_model(
             table.label_R, scores.score_R, os.path.join(out_dir, "hist.png"), xlabel=score_name
         )
     write_scores_tsv(os.path.join(out_dir, "scores.tsv"), table, scores)
-    with open(out, "w") as f:
+    with open(out + ".tmp", "w") as f:  # TODO(atomic): nanodna.atomic.write_text after merge
         json.dump(results, f, indent=2)
+    os.replace(out + ".tmp", out)
     return results
 
 

@@ -12,8 +12,9 @@ Rules, chosen from the model config:
     masked  (MLM: Caduceus, MLM transformer)  put [MASK] at the target, read the logits there,
             softmax over a/c/g/t only. Models that are not RC-equivariant by construction
             (Caduceus-Ph, MLM transformer) also score rc(x) with the target at L-1-pos, and the
-            two strands' probabilities are averaged (post-hoc conjoining; an arithmetic mean of
-            probabilities, where models.caduceus.conjoined_logits takes a mean of logits).
+            two strands' allele log-probabilities are averaged with models' `strand_mean` and
+            renormalised over a/c/g/t: a normalised geometric mean, the same mean as
+            `conjoined_logits` (so the masked score equals the conjoined model's).
             Caduceus-PS gives the same answer on both strands, so one is enough.
     causal  (CLM transformer)  marin's four-allele rule: four copies of the window with A/C/G/T
             at the target, the log-likelihood of each whole copy, log-softmax across the four.
@@ -36,26 +37,28 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int
 from tqdm.auto import tqdm
 
 from nanodna import tokenizer
 from nanodna.evaluation.tables import EvalTable, default_pos
+from nanodna.models.caduceus import strand_mean
+from nanodna.models.config import ModelConfig
 
-def scoring_rule(model_cfg) -> str:
+
+def scoring_rule(model_cfg: ModelConfig) -> str:
     """'causal' for next-token models, 'masked' for everything else."""
-    return "causal" if getattr(model_cfg, "causal", False) else "masked"
+    return "causal" if model_cfg.causal else "masked"
 
 
-def default_strand_average(model_cfg) -> bool:
+def default_strand_average(model_cfg: ModelConfig) -> bool:
     """Average both strands unless the model is RC-equivariant by construction (Caduceus-PS).
     Causal models are scored on the given strand, as marin does."""
     if scoring_rule(model_cfg) == "causal":
         return False
-    return not (
-        getattr(model_cfg, "arch", None) == "caduceus" and getattr(model_cfg, "rcps", False)
-    )
+    return not (model_cfg.arch == "caduceus" and model_cfg.rcps)
 
 
 def masked_allele_log_probs(
@@ -106,7 +109,7 @@ def allele_log_probs(
     # On the reverse strand allele k is the complement of allele k on the forward one, and in
     # a/c/g/t order the complement is the reversed order (t/g/c/a).
     rc_BK = lp_BK[B:, ::-1]
-    return jnp.logaddexp(fwd_BK, rc_BK) - jnp.log(2.0)
+    return jax.nn.log_softmax(strand_mean(fwd_BK, rc_BK), axis=-1)
 
 
 _allele_log_probs_jit = eqx.filter_jit(allele_log_probs)
@@ -139,7 +142,7 @@ class Scores:
 
 def score_table(
     model,
-    model_cfg,
+    model_cfg: ModelConfig,
     table: EvalTable,
     batch_size: int = 64,
     strand_average: bool | None = None,
@@ -151,7 +154,7 @@ def score_table(
     rule = scoring_rule(model_cfg)
     if strand_average is None:
         strand_average = default_strand_average(model_cfg)
-    max_len = getattr(model_cfg, "max_len", None)
+    max_len = model_cfg.max_len
     model = eqx.nn.inference_mode(model)  # dropout off, if the model has any
     sharding = batch_sharding(model)
     if sharding is not None:  # every device gets an equal slice of each batch
@@ -223,8 +226,6 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def _collect(log_probs_RK: np.ndarray, rows: list[int], out_BK, bar) -> None:
     if not out_BK.is_fully_addressable:  # multi-host: gather the other processes' slices
-        from jax.experimental import multihost_utils
-
         out_BK = multihost_utils.process_allgather(out_BK, tiled=True)
     log_probs_RK[rows] = np.asarray(out_BK)[: len(rows)]
     bar.update(len(rows))

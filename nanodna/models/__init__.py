@@ -3,41 +3,35 @@
     cfg = nanodna.models.sizes.get("plantcad_l20")
     model = nanodna.models.build_model(cfg, jax.random.key(0))
     logits_BLV = model(tokens_BL)            # float32, V = 8
+
+`ModelConfig`, `sizes` and `flops_per_token` are plain Python and load at once; the JAX-built
+parts (the models, `build_model`, `count_params`, the strand average) load from their modules on
+first use (PEP 562), so that reading a saved config (nanodna.config) does not import JAX.
 """
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jaxtyping import PRNGKeyArray
+import importlib
 
 from nanodna.models import sizes
-from nanodna.models.caduceus import Caduceus, conjoined_logits
 from nanodna.models.config import ModelConfig
 from nanodna.models.flops import flops_per_token
-from nanodna.models.transformer import Transformer
+
+_JAX_PARTS = {
+    "Caduceus": "nanodna.models.caduceus",
+    "conjoined_logits": "nanodna.models.caduceus",
+    "strand_mean": "nanodna.models.caduceus",
+    "Transformer": "nanodna.models.transformer",
+    "build_model": "nanodna.models.build",
+    "count_params": "nanodna.models.build",
+}
 
 
-def build_model(cfg: ModelConfig, key: PRNGKeyArray) -> eqx.Module:
-    """A freshly initialised model for `cfg` (float32 parameters)."""
-    if cfg.arch == "caduceus":
-        return Caduceus(cfg, key)
-    if cfg.arch == "transformer":
-        return Transformer(cfg, key)
-    raise ValueError(f"unknown arch {cfg.arch!r}")
+def __getattr__(name: str):
+    if name in _JAX_PARTS:
+        return getattr(importlib.import_module(_JAX_PARTS[name]), name)
+    raise AttributeError(f"module 'nanodna.models' has no attribute {name!r}")
 
 
-def count_params(model: eqx.Module) -> int:
-    """Number of trainable scalars (every floating-point array leaf)."""
-    # Works on real models and on jax.eval_shape'd ones (ShapeDtypeStruct leaves).
-    leaves = jax.tree.leaves(model)
-    return int(sum(np.prod(a.shape) for a in leaves
-                   if hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.inexact)))
-
-
-__all__ = [
-    "Caduceus", "ModelConfig", "Transformer", "build_model", "conjoined_logits",
-    "count_params", "flops_per_token", "sizes",
-]
+__all__ = ["Caduceus", "ModelConfig", "Transformer", "build_model", "conjoined_logits",
+           "count_params", "flops_per_token", "sizes", "strand_mean"]

@@ -8,7 +8,7 @@ x and rc(x) (see rcps.py).
 The residual stream h is float32 whatever the compute dtype (mamba-ssm's residual_in_fp32).
 Caduceus-PS (rcps=True) folds x and rc(x) into the batch and combines them at the head, so
 logits(rc(x)) = rc_logits(logits(x)) exactly. Caduceus-Ph (rcps=False) is the plain model;
-`conjoined_logits` averages it over both strands at inference.
+`conjoined_logits` averages it over both strands at inference (`strand_mean`: mean of logits).
 """
 
 from __future__ import annotations
@@ -71,11 +71,22 @@ class Caduceus(eqx.Module):
         return jnp.einsum("bld,vd->blv", self.hidden(tokens_BL), self.embed)
 
 
-def conjoined_logits(model: eqx.Module, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:
-    """Post-hoc conjoining (Caduceus-Ph): average logits(x) and the strand-aligned logits(rc(x)).
+def strand_mean(fwd_BxV: Float[Array, "*B V"], rc_BxV: Float[Array, "*B V"]) -> Float[Array, "*B V"]:
+    """The one strand average: the mean of the two strands' logits (or log-probabilities).
 
-    The result is RC-equivariant by construction, whatever the model. We average logits
-    (log-probabilities up to a constant), i.e. a geometric mean of the two strands' predictions.
+    `rc_BxV` must already be aligned to the forward strand (position and complemented base).
+    A mean of log-probabilities, once renormalised (softmax / log-softmax), is the normalised
+    geometric mean of the two strands' probabilities; since log-softmax ignores constant
+    shifts, averaging logits and averaging log-probabilities give the same distribution. The
+    geometric mean is chosen over an arithmetic mean of probabilities because it keeps the
+    model log-linear, so scoring a table with both strands (nanodna.evaluation.scoring) gives
+    exactly the masked scores of `conjoined_logits`. Callers renormalise.
     """
+    return 0.5 * (fwd_BxV + rc_BxV)
+
+
+def conjoined_logits(model: eqx.Module, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:
+    """Post-hoc conjoining (Caduceus-Ph): the strand mean (`strand_mean`) of logits(x) and the
+    strand-aligned logits(rc(x)). RC-equivariant by construction, whatever the model."""
     logits_rc = rcps.rc_logits(model(reverse_complement(tokens_BL)))
-    return 0.5 * (model(tokens_BL) + logits_rc)
+    return strand_mean(model(tokens_BL), logits_rc)

@@ -1,7 +1,7 @@
-"""Checkpoints: Orbax, asynchronous, with the data iterator's position saved alongside.
+"""Training checkpoints: Orbax, asynchronous, with the data iterator's position saved alongside.
 
     workdir/
-      config.json                 the resolved Config (nanodna.config.to_dict)
+      config.json                 the resolved Config (nanodna.checkpoint.write_config)
       checkpoints/<step>/         one Orbax checkpoint after <step> updates, items:
           params                  the model's float arrays (what eval needs)
           opt_state               AdamW moments and counters
@@ -12,6 +12,9 @@
 Retention is ours, not Orbax's: the newest `keep` checkpoints plus every labelled one. (Orbax's
 preservation-policy API has changed between versions; deleting by hand is stable.)
 
+Loading a model for evaluation, and which step a path stands for, live one level down in
+nanodna/checkpoint.py (eval.py uses them without importing the training code).
+
 Saving is asynchronous: `save` returns once the arrays are copied off the live state, and files
 are written in the background while training continues.
 """
@@ -21,12 +24,12 @@ from __future__ import annotations
 import json
 import os
 
-import equinox as eqx
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nanodna.training.step import TrainState, _is_float, model_static
+from nanodna.checkpoint import CHECKPOINTS
+from nanodna.training.step import TrainState
 
 
 class Checkpointer:
@@ -101,60 +104,16 @@ class Checkpointer:
 
     def _write_labels(self, upto: int) -> None:
         done = {str(s): label for s, label in sorted(self.labels.items()) if s <= upto}
-        with open(os.path.join(self.directory, "labels.json"), "w") as f:
+        path = os.path.join(self.directory, "labels.json")
+        with open(path + ".tmp", "w") as f:  # TODO(atomic): nanodna.atomic after the merge
             json.dump(done, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def read_labels(workdir: str) -> dict[int, str]:
     """{step: "hot" | "cold"} of a workdir's labelled checkpoints ({} if none)."""
-    path = os.path.join(workdir, "checkpoints", "labels.json")
+    path = os.path.join(workdir, CHECKPOINTS, "labels.json")
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         return {int(k): v for k, v in json.load(f).items()}
-
-
-def _resolve(path: str) -> tuple[str, int | None]:
-    """(workdir, step or None) of a workdir or of one of its step folders."""
-    path = os.path.abspath(path.rstrip("/"))
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path, None
-    workdir = os.path.dirname(os.path.dirname(path))
-    name = os.path.basename(path)
-    if name.isdigit() and os.path.exists(os.path.join(workdir, "config.json")):
-        return workdir, int(name)
-    raise FileNotFoundError(
-        f"{path}: not a training workdir (no config.json) nor a checkpoints/<step> folder of one"
-    )
-
-
-def load_for_eval(path: str):
-    """(model, Config) from a workdir (its latest checkpoint) or a checkpoints/<step> folder.
-
-    Only the params are read; the model is rebuilt from the saved config.json on one device.
-    """
-    from nanodna.config import from_dict  # noqa: PLC0415 (keep config's lazy imports lazy)
-    from nanodna.models import build_model  # noqa: PLC0415
-
-    workdir, step = _resolve(path)
-    with open(os.path.join(workdir, "config.json")) as f:
-        cfg = from_dict(json.load(f))
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(f"{workdir}: no checkpoint" + (f" at step {step}" if step else ""))
-
-    def build(key):
-        return build_model(cfg.model, key)
-
-    key = jax.random.key(cfg.train.seed)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = eqx.filter(eqx.filter_eval_shape(build, key), _is_float)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                          abstract)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))
-    )
-    manager.close()
-    return eqx.combine(restored.params, model_static(build, key)), cfg

@@ -17,7 +17,10 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nanodna.data.batch import Batch
 
 DATA = "data"
 
@@ -72,7 +75,7 @@ def state_shardings(abstract_tree, mesh: Mesh, fsdp: bool, min_size: int):
     return jax.tree.map(one, abstract_tree)
 
 
-def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+def put_batch(batch: Batch, sharding: NamedSharding) -> Batch:
     """Host batch -> global device arrays. Each process passes its own slice of the global
     batch (the data stream yields per-process batches), so this works on one or many hosts."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return Batch(*(jax.make_array_from_process_local_data(sharding, x) for x in batch))

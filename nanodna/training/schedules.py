@@ -15,6 +15,8 @@ Decay shapes, with s in [0, T_d) counted from the start of the decay:
     linear  eta + (eta_min - eta) * s / T_d
     cosine  eta_min + (eta - eta_min) * (1 + cos(pi * s / T_d)) / 2
     inv     max(eta / (1 + (eta / eta_min - 1) * s / T_d), eta_min)
+
+`StepBudget` fits a WSD run's length to a wall-clock budget (train.max_minutes).
 """
 
 from __future__ import annotations
@@ -92,3 +94,42 @@ def hot_cold_steps(cfg: Config, total_steps: int | None = None) -> list[tuple[in
         return []
     C, T_d = _cycle(optim, total), decay_steps(optim, total)
     return [(end - T_d, end) for end in range(C, total + 1, C)]
+
+
+class StepBudget:
+    """The run's length in steps, refitted to train.max_minutes while a WSD run is stable.
+
+    A time-budgeted run that simply stopped would end at the peak learning rate, without the
+    decay that makes WSD's final model good. So, until the decay starts, the number of steps is
+    re-estimated from the measured speed (compilation excluded) and the time the final
+    evaluation needs (`eval_s`, seconds; the loop sets it after each evaluation); once the
+    decay has started the length is fixed. Active only with train.max_minutes,
+    train.fit_schedule_to_budget and the "wsd" schedule.
+    """
+
+    def __init__(self, cfg: Config, total: int):
+        self.cfg, self.total = cfg, total
+        self.active = (cfg.train.max_minutes is not None and cfg.train.fit_schedule_to_budget
+                       and cfg.optim.schedule == "wsd")
+        self.t0 = self.step0 = None  # when timing started (after the first, compiling, step)
+        self.eval_s = 0.1 * 60 * (cfg.train.max_minutes or 0)  # until an eval has been timed
+
+    def fit(self, step: int, now: float, t_start: float) -> bool:
+        """Re-estimate the length at `step` (times in seconds); True if it changed."""
+        if not self.active:
+            return False
+        if self.t0 is None:
+            self.t0, self.step0 = now, step
+            return False
+        T_d = decay_steps(self.cfg.optim, self.total)
+        if step >= self.total - T_d or step == self.step0:  # decaying: the length is fixed
+            return False
+        per_step = (now - self.t0) / (step - self.step0)
+        left = 60 * self.cfg.train.max_minutes - (now - t_start) - self.eval_s
+        total = min(self.cfg.train.steps, max(step + 1, step + int(left / per_step)))
+        # Never shorter than warmup + decay (W + int(d * T) <= T): the hard time limit ends
+        # a run whose budget cannot hold even that.
+        optim = self.cfg.optim
+        total = max(total, math.ceil(optim.warmup_steps / (1 - optim.decay_fraction)) + 1)
+        changed, self.total = total != self.total, total
+        return changed

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
+from nanodna.checkpoint import model_static
+from nanodna.data.batch import Batch
 from nanodna.training import mesh as mesh_lib
 
 EPS = 1e-8  # floor of the loss-weight sum: a batch with no weighted token has loss 0, not NaN
@@ -53,26 +55,6 @@ def weighted_loss(
 
 # ---------------------------------------------------------------------------------------------
 # Building the model from shapes
-
-
-def _is_float(x) -> bool:
-    if isinstance(x, jax.ShapeDtypeStruct):
-        return jnp.issubdtype(x.dtype, jnp.inexact)
-    return eqx.is_inexact_array(x)
-
-
-def model_static(build: Callable, key: jax.Array):
-    """The non-parameter part of `build(key)`, without materialising the parameters."""
-    abstract = eqx.filter_eval_shape(build, key)
-    static = eqx.filter(abstract, _is_float, inverse=True)
-    if not any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(static)):
-        return static
-    # The model holds non-float arrays (e.g. an integer lookup table): these are small
-    # constants, so build them for real.
-    consts = eqx.filter_jit(lambda k: eqx.filter(eqx.filter(build(k), _is_float, inverse=True),
-                                                 eqx.is_array))(key)
-    rest = eqx.filter(static, lambda x: not isinstance(x, jax.ShapeDtypeStruct))
-    return eqx.combine(consts, rest)
 
 
 def _init_fn(build: Callable, optimizer: optax.GradientTransformation) -> Callable:
@@ -116,10 +98,10 @@ def global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def _forward_sums(params, static, batch):
+def _forward_sums(params, static, batch: Batch):
     model = eqx.combine(params, static)
-    logits_BLV = model(batch["tokens"])
-    return cross_entropy_sums(logits_BLV, batch["targets"], batch["weights"])
+    logits_BLV = model(batch.tokens_BL)
+    return cross_entropy_sums(logits_BLV, batch.targets_BL, batch.weights_BL)
 
 
 def make_train_step(static, optimizer: optax.GradientTransformation, state_shardings, mesh):
@@ -128,7 +110,7 @@ def make_train_step(static, optimizer: optax.GradientTransformation, state_shard
     `optimizer` gives the update direction (optim.make_optimizer); the step scales it by -lr.
     """
 
-    def train_step(state: TrainState, batch: dict, lr: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Batch, lr: jax.Array) -> tuple[TrainState, dict]:
         def loss_fn(params):
             total, weight = _forward_sums(params, static, batch)
             return total / jnp.maximum(weight, EPS), weight
@@ -151,7 +133,7 @@ def make_train_step(static, optimizer: optax.GradientTransformation, state_shard
 def make_eval_step(static, params_shardings, mesh):
     """jit(params, batch) -> (sum of weighted CE, sum of weights), to average over batches."""
 
-    def eval_step(params, batch):
+    def eval_step(params, batch: Batch):
         return _forward_sums(params, static, batch)
 
     return jax.jit(

@@ -1,0 +1,150 @@
+"""A training workdir on disk, and loading a model from it: what train.py and eval.py share.
+
+    workdir/
+      config.json                 the resolved Config (nanodna.config.to_dict)
+      checkpoints/<step>/         one Orbax checkpoint after <step> updates; its `params` item
+                                  holds the model's float arrays (training/checkpoint.py writes
+                                  the rest: optimizer state, data position, RNG, run length)
+
+One home for "which checkpoint": `resolve(path) -> (workdir, step)`, where a workdir stands for
+its latest step. One loader: `load_model(path) -> (model, Config, step)`. The params/static
+split the checkpoints rely on (`is_param`, `model_static`) lives here too, so that the
+training code and the loader agree on what a checkpoint's params are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from nanodna.config import Config, from_dict, to_dict
+from nanodna.errors import UserError
+from nanodna.models import build_model
+
+CONFIG_FILE = "config.json"
+CHECKPOINTS = "checkpoints"
+
+
+class CheckpointError(UserError):
+    """A path that is not a training workdir, or a workdir without the asked-for checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Params and static
+
+
+def is_param(x) -> bool:
+    """A checkpointed parameter: a floating-point array (or its ShapeDtypeStruct)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jnp.issubdtype(x.dtype, jnp.inexact)
+    return eqx.is_inexact_array(x)
+
+
+def model_static(build: Callable, key: jax.Array):
+    """The non-parameter part of `build(key)`, without materialising the parameters."""
+    abstract = eqx.filter_eval_shape(build, key)
+    static = eqx.filter(abstract, is_param, inverse=True)
+    if not any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(static)):
+        return static
+    # The model holds non-float arrays (e.g. an integer lookup table): these are small
+    # constants, so build them for real.
+    consts = eqx.filter_jit(lambda k: eqx.filter(eqx.filter(build(k), is_param, inverse=True),
+                                                 eqx.is_array))(key)
+    rest = eqx.filter(static, lambda x: not isinstance(x, jax.ShapeDtypeStruct))
+    return eqx.combine(consts, rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir
+
+
+def write_config(cfg: Config, workdir: str) -> list[str]:
+    """Write workdir/config.json (atomically); returns the keys that changed since the last
+    run in this workdir ([] for a new workdir)."""
+    path, new = os.path.join(workdir, CONFIG_FILE), json.loads(json.dumps(to_dict(cfg)))
+    changed = []
+    if os.path.exists(path):
+        with open(path) as f:
+            flat_old, flat_new = _flat(json.load(f)), _flat(new)
+        changed = sorted(k for k in flat_old.keys() | flat_new.keys()
+                         if flat_old.get(k) != flat_new.get(k))
+    with open(path + ".tmp", "w") as f:  # TODO(atomic): nanodna.atomic after the merge
+        json.dump(new, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return changed
+
+
+def read_config(workdir: str) -> Config:
+    """The Config saved in a workdir's config.json."""
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        return from_dict(json.load(f))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The finished checkpoint steps of a workdir, ascending (Orbax names them by step; a
+    checkpoint still being written has a temporary, non-numeric name)."""
+    folder = os.path.join(workdir, CHECKPOINTS)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+def resolve(path: str | os.PathLike) -> tuple[str, int]:
+    """(workdir, step) of a workdir (its latest checkpoint) or of one checkpoints/<step> folder.
+
+    Raises CheckpointError when `path` is neither, or the workdir has no such checkpoint.
+    """
+    path = os.path.abspath(os.fspath(path).rstrip("/"))
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        workdir, step = path, None
+    else:
+        workdir, name = os.path.dirname(os.path.dirname(path)), os.path.basename(path)
+        if not (name.isdigit() and os.path.exists(os.path.join(workdir, CONFIG_FILE))):
+            raise CheckpointError(f"{path}: not a training workdir (no {CONFIG_FILE}) nor a "
+                                  f"{CHECKPOINTS}/<step> folder of one")
+        step = int(name)
+    steps = saved_steps(workdir)
+    if step is None:
+        if not steps:
+            raise CheckpointError(f"{workdir}: no checkpoint saved yet")
+        return workdir, steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"{workdir}: no checkpoint at step {step}")
+    return workdir, step
+
+
+def load_model(path: str | os.PathLike) -> tuple[eqx.Module, Config, int]:
+    """(model, Config, step) from a workdir (its latest checkpoint) or a checkpoints/<step>
+    folder. Only the params are read; the model is rebuilt from config.json on one device."""
+    workdir, step = resolve(path)
+    cfg = read_config(workdir)
+
+    def build(key):
+        return build_model(cfg.model, key)
+
+    key = jax.random.key(cfg.train.seed)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = eqx.filter(eqx.filter_eval_shape(build, key), is_param)
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                          abstract)
+    manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINTS),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+    finally:
+        manager.close()
+    return eqx.combine(restored.params, model_static(build, key)), cfg, step
