@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from nanodna import atomic
 from nanodna.config import Config, from_dict, to_dict
 from nanodna.errors import UserError
 from nanodna.models import build_model
@@ -74,9 +75,7 @@ def write_config(cfg: Config, workdir: str) -> list[str]:
             flat_old, flat_new = _flat(json.load(f)), _flat(new)
         changed = sorted(k for k in flat_old.keys() | flat_new.keys()
                          if flat_old.get(k) != flat_new.get(k))
-    with open(path + ".tmp", "w") as f:  # TODO(atomic): nanodna.atomic after the merge
-        json.dump(new, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic.write_text(path, json.dumps(new, indent=1))
     return changed
 
 

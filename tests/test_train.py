@@ -14,7 +14,7 @@ import pytest
 
 from nanodna.checkpoint import load_model
 from nanodna.config import Config, EvalConfig, OptimConfig, TrainConfig
-from nanodna.data.simulate import simulate
+from nanodna.sim.simulate import simulate
 from nanodna.training import loop
 from nanodna.training.schedules import StepBudget
 from tests._fakes import FakeIterator, TinyConfig, build_tiny

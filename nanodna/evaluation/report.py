@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from nanodna import tokenizer
+from nanodna import atomic, tokenizer
 from nanodna.checkpoint import load_model
 from nanodna.evaluation import metrics, plots, scoring
 from nanodna.evaluation.tables import EvalTable
@@ -88,9 +88,7 @@ def evaluate_model(
             table.label_R, scores.score_R, os.path.join(out_dir, "hist.png"), xlabel=score_name
         )
     write_scores_tsv(os.path.join(out_dir, "scores.tsv"), table, scores)
-    with open(out + ".tmp", "w") as f:  # TODO(atomic): nanodna.atomic.write_text after merge
-        json.dump(results, f, indent=2)
-    os.replace(out + ".tmp", out)
+    atomic.write_text(out, json.dumps(results, indent=2))
     return results
 
 

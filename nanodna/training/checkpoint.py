@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nanodna import atomic
 from nanodna.checkpoint import CHECKPOINTS
 from nanodna.training.step import TrainState
 
@@ -105,9 +106,7 @@ class Checkpointer:
     def _write_labels(self, upto: int) -> None:
         done = {str(s): label for s, label in sorted(self.labels.items()) if s <= upto}
         path = os.path.join(self.directory, "labels.json")
-        with open(path + ".tmp", "w") as f:  # TODO(atomic): nanodna.atomic after the merge
-            json.dump(done, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic.write_text(path, json.dumps(done, indent=1))
 
 
 def read_labels(workdir: str) -> dict[int, str]:
