@@ -58,11 +58,13 @@ from kernels.pallas.plan import make_plan
 from kernels.pallas.selective_scan import scan_stacked
 from nanodna.models import ModelConfig, build_model
 from nanodna.ops.scan import (
-    ARG_NAMES as ARGS,
+    ARG_NAMES,
     bidirectional_scan_ref,
     random_scan_inputs,
     selective_scan,
 )
+
+ARGS = ARG_NAMES
 LOG = []
 
 

@@ -13,12 +13,16 @@ import pytest
 from jaxtyping import TypeCheckError
 
 from benchmarks import bench_pallas
-
 from kernels.pallas import Backend, selective_scan_pallas, sharded_selective_scan
-from kernels.pallas.plan import GPU_BACKEND_ENV, backend_for_platform, is_hopper_or_newer, make_plan
+from kernels.pallas.plan import (
+    GPU_BACKEND_ENV,
+    backend_for_platform,
+    is_hopper_or_newer,
+    make_plan,
+)
 from kernels.pallas.selective_scan import scan_stacked
 from nanodna.ops.scan import (
-    ARG_NAMES as ARGS,
+    ARG_NAMES,
     bidirectional_scan_ref,
     random_scan_inputs,
     selective_scan,
@@ -26,6 +30,7 @@ from nanodna.ops.scan import (
     selective_scan_ref,
 )
 
+ARGS = ARG_NAMES
 TOL = {jnp.float32: dict(rtol=6e-4, atol=2e-3), jnp.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 

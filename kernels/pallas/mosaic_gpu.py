@@ -26,9 +26,10 @@ adjoint walks back through it. No (B, L, D, N) array and no per-step state touch
 
 Backends: Backend("mosaic_gpu") compiles for the GPU (Hopper or newer: TMA, warpgroups);
 Backend("mosaic_gpu", interpret=True) runs the same program in JAX's GPU interpreter on CPU
-(simulated SMEM, TMA and barriers; NaN-filled fresh buffers). The interpreter does not model the asynchrony of
-TMA stores (a missing commit_smem / wait_smem_to_gmem still passes there), so those fences are
-only proven on a GPU: benchmarks/bench_pallas.py checks parity there before it times anything.
+(simulated SMEM, TMA and barriers; NaN-filled fresh buffers). The interpreter does not model
+the asynchrony of TMA stores (a missing commit_smem / wait_smem_to_gmem still passes there), so
+those fences are only proven on a GPU: benchmarks/bench_pallas.py checks parity there before it
+times anything.
 """
 
 from __future__ import annotations

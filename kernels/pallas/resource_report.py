@@ -59,7 +59,7 @@ def triton_modules(L=512, D=768, N=16, **plan_kw) -> dict[str, str]:
 
 def ptxas_report(ttir: str, num_warps: int) -> str:
     """Compile TTIR for sm_90a with Triton, then ask ptxas for its resource line."""
-    import triton
+    import triton  # optional: the Triton package is installed only where this tool is run
     from triton.backends.compiler import GPUTarget
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

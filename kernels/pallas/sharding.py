@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import AbstractMesh, Mesh
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from kernels.pallas.bidirectional import bidirectional_scan_pallas
@@ -55,7 +56,7 @@ def _shard_batch(kernel: Callable, mesh, axis_name, arrays: dict, batch_dim: dic
 
 
 def sharded_selective_scan(
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,  # AbstractMesh: under jit, as nanodna.ops passes it
     axis_name: str | tuple[str, ...],
     u: Float[Array, "B L D"],
     delta: Float[Array, "B L D"],
@@ -77,7 +78,7 @@ def sharded_selective_scan(
 
 
 def sharded_bidirectional_scan(
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,  # AbstractMesh: under jit, as nanodna.ops passes it
     axis_name: str | tuple[str, ...],
     u: Float[Array, "2 B L D"],
     delta: Float[Array, "2 B L D"],
