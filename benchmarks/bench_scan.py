@@ -19,18 +19,13 @@ import time
 import jax
 import jax.numpy as jnp
 
-from nanodna.ops.scan import selective_scan
+from nanodna.ops.scan import random_scan_inputs, selective_scan
 
 
 def make_inputs(key, Bsz, L, Dch, N):
-    ks = jax.random.split(key, 6)
-    u = jax.random.normal(ks[0], (Bsz, L, Dch))
-    delta = jax.random.normal(ks[1], (Bsz, L, Dch)) * 0.5 - 1.0
-    A = -jnp.exp(jax.random.normal(ks[2], (Dch, N)) * 0.5)
-    B = jax.random.normal(ks[3], (Bsz, L, N))
-    C = jax.random.normal(ks[4], (Bsz, L, N))
-    D = jax.random.normal(ks[5], (Dch,))
-    return u, delta, A, B, C, D
+    """(u, delta, A, B, C, D): the positional arguments every implementation is timed on."""
+    x = random_scan_inputs(key, Bsz, L, Dch, N, gate=False, bias=False)
+    return tuple(x[k] for k in ("u", "delta", "A", "B", "C", "D"))
 
 
 def temp_mib(fn, args):

@@ -8,27 +8,18 @@ import numpy as np
 import pytest
 from jaxtyping import TypeCheckError
 
-from kernels.pallas import bidirectional_scan_pallas, bidirectional_scan_ref
-from kernels.pallas.bidirectional import _check_stacked
-from kernels.pallas.selective_scan import _is_hopper_or_newer
+from kernels.pallas import Backend, bidirectional_scan_pallas
+from kernels.pallas.bidirectional import check_stacked
+from kernels.pallas.plan import is_hopper_or_newer
+from nanodna.ops.scan import ARG_NAMES as ARGS
+from nanodna.ops.scan import bidirectional_scan_ref, random_scan_inputs
 
-ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 TOL = {jnp.float32: dict(rtol=6e-4, atol=2e-3), jnp.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
 def make_inputs(seed, Bz, L, Dc, N, dtype):
     """Per-direction inputs stacked on a leading axis of 2; the gate z is shared."""
-    ks = jax.random.split(jax.random.key(seed), 8)
-    return {
-        "u": jax.random.normal(ks[0], (2, Bz, L, Dc)).astype(dtype),
-        "delta": (0.5 * jax.random.normal(ks[1], (2, Bz, L, Dc)) - 1.0).astype(dtype),
-        "A": -jnp.exp(0.5 * jax.random.normal(ks[2], (2, Dc, N))),
-        "B": jax.random.normal(ks[3], (2, Bz, L, N)).astype(dtype),
-        "C": jax.random.normal(ks[4], (2, Bz, L, N)).astype(dtype),
-        "D": jax.random.normal(ks[5], (2, Dc)),
-        "z": jax.random.normal(ks[6], (Bz, L, Dc)).astype(dtype),
-        "delta_bias": 0.3 * jax.random.normal(ks[7], (2, Dc)),
-    }
+    return random_scan_inputs(jax.random.key(seed), Bz, L, Dc, N, dtype, S=2)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -39,7 +30,7 @@ def value_and_vjp(fn, x, ct):
 
 @pytest.mark.parametrize(
     "dtype, backend",
-    [(jnp.float32, "interpret"), (jnp.bfloat16, "triton_interpret"),
+    [(jnp.float32, "interpreter"), (jnp.bfloat16, "triton_interpret"),
      (jnp.bfloat16, "mosaic_gpu_interpret")],
 )
 def test_fused_matches_two_reference_scans(dtype, backend):
@@ -48,7 +39,7 @@ def test_fused_matches_two_reference_scans(dtype, backend):
     ct = jax.random.normal(jax.random.key(8), x["z"].shape).astype(dtype)
     block_d = None if backend.startswith("mosaic_gpu") else 4  # Mosaic GPU: 128, one per thread
     fused = functools.partial(bidirectional_scan_pallas, chunk=8, block_d=block_d,
-                              interpret=backend)  # fmt: skip
+                              backend=Backend.named(backend))  # fmt: skip
     y, grads = value_and_vjp(fused, x, ct)
     y_ref, grads_ref = value_and_vjp(bidirectional_scan_ref, x, ct)
     for name, got, want in [("y", y, y_ref)] + [(f"d{k}", grads[k], grads_ref[k]) for k in ARGS]:
@@ -58,12 +49,24 @@ def test_fused_matches_two_reference_scans(dtype, backend):
         np.testing.assert_allclose(got, want, err_msg=name, **TOL[dtype])
 
 
+def test_reference_backward_of_the_fused_launch():
+    # backward="reference": the fused forward kernel with gradients from autodiff of a lax.scan
+    # over both directions (kernels/pallas/reference_backward.py) against nanodna's reference.
+    x = make_inputs(9, 2, 11, 5, 3, jnp.float32)
+    ct = jax.random.normal(jax.random.key(10), x["z"].shape)
+    fused = functools.partial(bidirectional_scan_pallas, chunk=4, backward="reference")
+    y, grads = value_and_vjp(fused, x, ct)
+    y_ref, grads_ref = value_and_vjp(bidirectional_scan_ref, x, ct)
+    for name, got, want in [("y", y, y_ref)] + [(f"d{k}", grads[k], grads_ref[k]) for k in ARGS]:
+        np.testing.assert_allclose(got, want, err_msg=name, **TOL[jnp.float32])
+
+
 @pytest.mark.parametrize("backend", ["triton", "mosaic_gpu"])
 def test_lowers_for_gpu(backend):
     x = make_inputs(10, 2, 64, 64, 16, jnp.bfloat16)
 
     def loss(x):
-        y = bidirectional_scan_pallas(**x, delta_softplus=True, interpret=backend)
+        y = bidirectional_scan_pallas(**x, delta_softplus=True, backend=Backend(backend))
         return y.astype(jnp.float32).sum()
 
     text = jax.jit(jax.grad(loss)).trace(x).lower(lowering_platforms=("cuda",)).as_text()
@@ -77,7 +80,7 @@ def test_needs_two_directions():
     with pytest.raises((ValueError, TypeCheckError)):
         bidirectional_scan_pallas(**x)
     with pytest.raises(ValueError, match="direction axis"):  # the message users see
-        _check_stacked(**x)
+        check_stacked(**x)
 
 
 @pytest.mark.gpu
@@ -85,11 +88,11 @@ def test_needs_two_directions():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("backend", ["triton", "mosaic_gpu"])
 def test_gpu_fused_launch(dtype, backend):
-    if backend == "mosaic_gpu" and not _is_hopper_or_newer():
+    if backend == "mosaic_gpu" and not is_hopper_or_newer():
         pytest.skip("Mosaic GPU needs Hopper (sm_90) or newer")
     x = make_inputs(12, 4, 300, 200, 16, dtype)
     ct = jax.random.normal(jax.random.key(13), x["z"].shape).astype(dtype)
-    fused = functools.partial(bidirectional_scan_pallas, interpret=backend)
+    fused = functools.partial(bidirectional_scan_pallas, backend=Backend(backend))
     y, grads = value_and_vjp(fused, x, ct)
     y_ref, grads_ref = value_and_vjp(bidirectional_scan_ref, x, ct)
     for name, got, want in [("y", y, y_ref)] + [(f"d{k}", grads[k], grads_ref[k]) for k in ARGS]:

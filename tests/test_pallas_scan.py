@@ -12,34 +12,32 @@ import numpy as np
 import pytest
 from jaxtyping import TypeCheckError
 
-from kernels.pallas import selective_scan_pallas, sharded_selective_scan
-from kernels.pallas.selective_scan import (
+from benchmarks import bench_pallas
+from kernels.pallas import Backend, selective_scan_pallas, sharded_selective_scan
+from kernels.pallas.plan import (
     GPU_BACKEND_ENV,
-    _is_hopper_or_newer,
     backend_for_platform,
+    is_hopper_or_newer,
     make_plan,
-    scan_stacked,
 )
-from nanodna.ops.scan import selective_scan_ref
+from kernels.pallas.selective_scan import scan_stacked
+from nanodna.ops.scan import (
+    ARG_NAMES,
+    bidirectional_scan_ref,
+    random_scan_inputs,
+    selective_scan,
+    selective_scan_bidirectional,
+    selective_scan_ref,
+)
 
-ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+ARGS = ARG_NAMES
 TOL = {jnp.float32: dict(rtol=6e-4, atol=2e-3), jnp.bfloat16: dict(rtol=3e-2, atol=5e-2)}
 
 
 def make_inputs(seed, Bz, L, Dc, N, dtype=jnp.float32, D=True, z=True, bias=True):
-    """Fresh random inputs in the ranges a Mamba layer sees (A < 0, delta around softplus(-1))."""
-    ks = jax.random.split(jax.random.key(seed), 8)
-    x = {
-        "u": jax.random.normal(ks[0], (Bz, L, Dc)).astype(dtype),
-        "delta": (0.5 * jax.random.normal(ks[1], (Bz, L, Dc)) - 1.0).astype(dtype),
-        "A": -jnp.exp(0.5 * jax.random.normal(ks[2], (Dc, N))),
-        "B": jax.random.normal(ks[3], (Bz, L, N)).astype(dtype),
-        "C": jax.random.normal(ks[4], (Bz, L, N)).astype(dtype),
-        "D": jax.random.normal(ks[5], (Dc,)) if D else None,
-        "z": jax.random.normal(ks[6], (Bz, L, Dc)).astype(dtype) if z else None,
-        "delta_bias": 0.3 * jax.random.normal(ks[7], (Dc,)) if bias else None,
-    }
-    return x
+    """The shared factory's inputs for one seed; D / z / bias False leave those arguments out."""
+    key = jax.random.key(seed)
+    return random_scan_inputs(key, Bz, L, Dc, N, dtype, skip=D, gate=z, bias=bias)
 
 
 def assert_close(got, want, dtype, what):
@@ -94,7 +92,7 @@ def test_tpu_layout_writes_every_element():
     # saved state and partial sum was written before it was read. (Slow simulator: tiny grid.)
     x = make_inputs(21, 1, 13, 6, 3)
     check_against_ref(x, jnp.float32, softplus=True, reverse=True, chunk=8,
-                      interpret="tpu_interpret")  # fmt: skip
+                      backend=Backend("mosaic_tpu", interpret=True))  # fmt: skip
 
 
 @pytest.mark.parametrize("bwd_in_registers", [False, True])
@@ -107,7 +105,8 @@ def test_gpu_layout_in_interpreter(bwd_in_registers):
     def gpu_layout(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         plan = make_plan(n_dir=1, reverse=reverse, L=20, D=8, softplus=delta_softplus,
                          has_D=True, has_z=True, has_bias=True, chunk=4, block_d=4,
-                         interpret="triton_interpret", bwd_in_registers=bwd_in_registers)
+                         backend=Backend("triton", interpret=True),
+                         bwd_in_registers=bwd_in_registers)  # fmt: skip
         one = lambda x: x[None]  # noqa: E731
         return scan_stacked(plan, *map(one, (u, delta, A, B, C, D)), z, one(delta_bias))
 
@@ -120,28 +119,41 @@ def test_mosaic_gpu_program_in_interpreter():
     # D=130 two 128-channel tiles (one mostly padding), N=5 padded to 8, reverse direction.
     x = make_inputs(51, 2, 40, 130, 5)
     check_against_ref(x, jnp.float32, softplus=True, reverse=True,
-                      interpret="mosaic_gpu_interpret")  # fmt: skip
+                      backend=Backend("mosaic_gpu", interpret=True))  # fmt: skip
 
 
 def test_mosaic_gpu_rejects_what_it_cannot_hold():
     x = make_inputs(52, 1, 64, 8, 64)
     with pytest.raises(ValueError, match="shared memory"):  # chunk 32 at N=64: > 220 KiB
-        selective_scan_pallas(**x, chunk=32, interpret="mosaic_gpu_interpret")
+        selective_scan_pallas(**x, chunk=32, backend=Backend("mosaic_gpu", interpret=True))
     with pytest.raises(ValueError, match="block_d must be 128"):
-        selective_scan_pallas(**x, block_d=64, interpret="mosaic_gpu_interpret")
+        selective_scan_pallas(**x, block_d=64, backend=Backend("mosaic_gpu", interpret=True))
 
 
 def test_gpu_backend_choice(monkeypatch):
-    assert backend_for_platform("cpu") == "interpret" and backend_for_platform("tpu") == "mosaic_tpu"
+    assert backend_for_platform("cpu") == Backend("interpreter", interpret=True)
+    assert backend_for_platform("tpu") == Backend("mosaic_tpu")
     monkeypatch.setenv(GPU_BACKEND_ENV, "triton")
-    assert backend_for_platform("gpu") == "triton"
+    assert backend_for_platform("gpu") == Backend("triton")
     monkeypatch.setenv(GPU_BACKEND_ENV, "mosaic_gpu")
-    assert backend_for_platform("gpu") == "mosaic_gpu"
+    assert backend_for_platform("gpu") == Backend("mosaic_gpu")
     monkeypatch.setenv(GPU_BACKEND_ENV, "cuda")
     with pytest.raises(ValueError, match=GPU_BACKEND_ENV):
         backend_for_platform("gpu")
     monkeypatch.delenv(GPU_BACKEND_ENV)  # here (CPU process): not Hopper, so Triton
-    assert backend_for_platform("gpu") == ("mosaic_gpu" if _is_hopper_or_newer() else "triton")
+    want = Backend("mosaic_gpu" if is_hopper_or_newer() else "triton")
+    assert backend_for_platform("gpu") == want
+
+
+def test_backend_names_round_trip_and_bad_ones_fail():
+    names = ["interpreter", "triton", "triton_interpret", "mosaic_tpu", "mosaic_tpu_interpret",
+             "mosaic_gpu", "mosaic_gpu_interpret"]  # fmt: skip
+    assert [Backend.named(n).name for n in names] == names
+    assert Backend.named("mosaic_gpu_interpret") == Backend("mosaic_gpu", interpret=True)
+    with pytest.raises(ValueError, match="unknown Pallas backend"):
+        Backend.named("cuda")
+    with pytest.raises(ValueError, match="only runs with interpret=True"):
+        Backend("interpreter")
 
 
 @pytest.mark.parametrize(
@@ -154,7 +166,7 @@ def test_lowers_for_gpu_and_tpu(backend, platform, registers):
     x = make_inputs(41, 2, 64, 64, 16, jnp.bfloat16)
     plan = make_plan(n_dir=1, reverse=True, L=64, D=64, softplus=True, has_D=True, has_z=True,
                      has_bias=True, chunk=16 if registers else None, block_d=None,
-                     interpret=backend, bwd_in_registers=registers)  # fmt: skip
+                     backend=Backend(backend), bwd_in_registers=registers)  # fmt: skip
 
     def loss(x):
         one = {k: v if k == "z" else v[None] for k, v in x.items()}
@@ -198,7 +210,7 @@ def test_sharded_mosaic_gpu_lowers_for_cuda():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
     x = make_inputs(53, 8, 12, 6, 4)
     sharded = functools.partial(sharded_selective_scan, mesh, "data", delta_softplus=True,
-                                interpret="mosaic_gpu")  # fmt: skip
+                                backend=Backend("mosaic_gpu"))  # fmt: skip
     grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(sharded(**x)))))
     text = grad.trace(x).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("mosaic_gpu_v2") == 2 and "selective_scan_bwd_mgpu" in text
@@ -212,15 +224,67 @@ def test_bad_shapes_fail_with_one_line():
         selective_scan_pallas(**x)
     with pytest.raises(ValueError, match="chunk and block_d must be positive"):
         selective_scan_pallas(**make_inputs(62, 2, 8, 4, 3), chunk=-1)
-    with pytest.raises(ValueError, match="interpret must be"):
-        selective_scan_pallas(**make_inputs(62, 2, 8, 4, 3), interpret="cuda")
+    with pytest.raises((ValueError, TypeCheckError)):
+        selective_scan_pallas(**make_inputs(62, 2, 8, 4, 3), backend="cuda")
+    kw = dict(n_dir=1, reverse=False, L=8, D=4, softplus=True, has_D=True, has_z=True,
+              has_bias=True)  # fmt: skip
+    # The type checker (on in tests) or make_plan's own check: either names the argument.
+    with pytest.raises((ValueError, TypeCheckError), match="backend"):
+        make_plan(**kw, backend="cuda")
+    with pytest.raises((ValueError, TypeCheckError), match="backward"):
+        make_plan(**kw, backward="xla")
+
+
+def test_reference_backward_gives_the_kernel_backward_gradients():
+    # backward="reference": the kernel forward, gradients from autodiff of a lax.scan
+    # (kernels/pallas/reference_backward.py). Both backwards must give the same gradients, and
+    # both must match nanodna's reference (check_against_ref).
+    x = make_inputs(63, 2, 13, 6, 3)
+    check_against_ref(x, jnp.float32, softplus=True, reverse=True, chunk=4,
+                      backward="reference")  # fmt: skip
+    grad = lambda backward: jax.jit(jax.grad(  # noqa: E731
+        lambda x: jnp.sum(jnp.sin(selective_scan_pallas(**x, delta_softplus=True, chunk=4,
+                                                        backward=backward)))))  # fmt: skip
+    g_kernel, g_ref = grad("kernel")(x), grad("reference")(x)
+    for k in ARGS:
+        np.testing.assert_allclose(g_kernel[k], g_ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def sharded_over(mesh, x, batch_axes):
+    """x's arrays placed on mesh: axis batch_axes[name] split over "data", others replicated."""
+    P = jax.sharding.PartitionSpec
+    spec = lambda k: P(*[None] * batch_axes[k], "data") if k in batch_axes else P()  # noqa: E731
+    return {k: jax.device_put(v, jax.sharding.NamedSharding(mesh, spec(k))) for k, v in x.items()}
+
+
+def test_ops_runs_the_kernel_under_shard_map_on_a_mesh():
+    # nanodna.ops.selective_scan(impl="pallas") with inputs split over 8 (simulated) devices:
+    # the kernel runs per device under shard_map, and outputs and gradients match the reference.
+    assert len(jax.devices()) == 8  # tests/conftest.py forces 8 host devices
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    x = make_inputs(64, 8, 10, 6, 3)
+    loss = lambda scan: lambda x: jnp.sum(jnp.sin(scan(**x, delta_softplus=True)))  # noqa: E731
+    pallas = functools.partial(selective_scan, impl="pallas", chunk=4)
+    on_mesh = sharded_over(mesh, x, dict(u=0, delta=0, B=0, C=0, z=0))
+    assert "shard_map" in str(jax.make_jaxpr(loss(pallas))(on_mesh))
+    assert "shard_map" not in str(jax.make_jaxpr(loss(pallas))(x))  # one device: plain kernel
+    value, grads = jax.jit(jax.value_and_grad(loss(pallas)))(on_mesh)
+    value_ref, grads_ref = jax.jit(jax.value_and_grad(loss(selective_scan_ref)))(x)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+    for k in ARGS:
+        np.testing.assert_allclose(grads[k], grads_ref[k], rtol=1e-4, atol=1e-4, err_msg=k)
+    # The fused bidirectional launch too (batch on axis 1 of the stacked inputs).
+    x2 = random_scan_inputs(jax.random.key(65), 8, 10, 6, 3, S=2)
+    on_mesh2 = sharded_over(mesh, x2, dict(u=1, delta=1, B=1, C=1, z=0))
+    fused = jax.jit(lambda x: selective_scan_bidirectional(**x, delta_softplus=True, impl="pallas"))
+    assert "shard_map" in str(jax.make_jaxpr(fused)(on_mesh2))
+    np.testing.assert_allclose(fused(on_mesh2), bidirectional_scan_ref(**x2, delta_softplus=True),
+                               **TOL[jnp.float32])  # fmt: skip
 
 
 def test_bench_smoke(tmp_path, capsys):
     # In-process: the tiny benchmark reuses this session's JAX instead of starting another.
-    from kernels.pallas import bench
-
-    results = bench.main(["--smoke", "--out", str(tmp_path)])
+    results = bench_pallas.main(["--smoke", "--out", str(tmp_path)])
     assert (tmp_path / "results.json").exists() and (tmp_path / "log.txt").exists()
     parity = results["shapes"][0]["parity"]  # the portable program and the Hopper one
     assert set(parity) == {"pallas_fused", "pallas_fused[mosaic_gpu_interpret]"}
@@ -235,7 +299,7 @@ def test_bench_smoke(tmp_path, capsys):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("backend", ["triton", "mosaic_gpu"])
 def test_gpu_kernel(dtype, reverse, backend):
-    if backend == "mosaic_gpu" and not _is_hopper_or_newer():
+    if backend == "mosaic_gpu" and not is_hopper_or_newer():
         pytest.skip("Mosaic GPU needs Hopper (sm_90) or newer")
     x = make_inputs(71, 4, 300, 200, 16, dtype)
-    check_against_ref(x, dtype, softplus=True, reverse=reverse, interpret=backend)
+    check_against_ref(x, dtype, softplus=True, reverse=reverse, backend=Backend(backend))

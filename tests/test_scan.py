@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from nanodna.ops import selective_scan, selective_scan_ref
+from nanodna.ops import random_scan_inputs, selective_scan, selective_scan_ref
 from nanodna.ops.scan import resolve_impl
 
 FP32 = dict(rtol=6e-4, atol=2e-3)
@@ -17,18 +17,8 @@ CHUNKED = ["chunked", "chunked_seq"]  # assoc shares chunked's math, so it is te
 
 
 def make_inputs(seed, Bsz=2, L=37, Dch=6, N=4, dtype=jnp.float32):
-    """Fresh random inputs with all optional arguments; delta around softplus(-1) ~ 0.3."""
-    ks = jax.random.split(jax.random.key(seed), 8)
-    return dict(
-        u=jax.random.normal(ks[0], (Bsz, L, Dch), dtype),
-        delta=(jax.random.normal(ks[1], (Bsz, L, Dch)) * 0.5 - 1.0).astype(dtype),
-        A=-jnp.exp(jax.random.normal(ks[2], (Dch, N))).astype(dtype),
-        B=jax.random.normal(ks[3], (Bsz, L, N), dtype),
-        C=jax.random.normal(ks[4], (Bsz, L, N), dtype),
-        D=jax.random.normal(ks[5], (Dch,), dtype),
-        z=jax.random.normal(ks[6], (Bsz, L, Dch), dtype),
-        delta_bias=(0.3 * jax.random.normal(ks[7], (Dch,))).astype(dtype),
-    )
+    """The shared factory's inputs (all optional arguments present) at this file's shapes."""
+    return random_scan_inputs(jax.random.key(seed), Bsz, L, Dch, N, dtype)
 
 
 def numpy_loop(u, delta, A, B, C, D, z, delta_bias):
@@ -117,7 +107,6 @@ def test_auto_never_needs_the_kernel_on_cpu():
 
 def test_pallas_dispatch_matches_reference():
     """impl="pallas" routes to the kernel (interpret mode on CPU) with the same contract."""
-    pytest.importorskip("kernels.pallas")
     x = make_inputs(8, L=9)
     y = selective_scan(**x, delta_softplus=True, reverse=True, impl="pallas")
     np.testing.assert_allclose(y, selective_scan_ref(**x, delta_softplus=True, reverse=True), **FP32)

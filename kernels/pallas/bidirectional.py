@@ -17,13 +17,16 @@ backward reads that one cotangent for both directions.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from jaxtyping import Array, Float
 
-from kernels.pallas.selective_scan import _check, make_plan, scan_stacked
-from nanodna.ops.scan import selective_scan_bidirectional
+from kernels.pallas.plan import Backend, check_inputs, make_plan
+from kernels.pallas.selective_scan import scan_stacked
 
 
-def _check_stacked(u, delta, A, B, C, D, z, delta_bias):
+def check_stacked(u, delta, A, B, C, D, z, delta_bias):
+    """One-line ValueErrors for inputs without a leading direction axis of 2, or wrong layouts."""
     if u.ndim != 4 or u.shape[0] != 2:
         raise ValueError(f"u must be (2 directions, batch, length, channels), got {u.shape}")
     for name, x in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
@@ -31,7 +34,7 @@ def _check_stacked(u, delta, A, B, C, D, z, delta_bias):
         if x is not None and x.shape[0] != 2:
             raise ValueError(f"{name} needs a leading direction axis of 2, got shape {x.shape}")
     pick = lambda x: None if x is None else x[0]  # noqa: E731
-    _check(u[0], delta[0], A[0], B[0], C[0], pick(D), z, pick(delta_bias))
+    check_inputs(u[0], delta[0], A[0], B[0], C[0], pick(D), z, pick(delta_bias))
 
 
 def bidirectional_scan_pallas(
@@ -47,29 +50,17 @@ def bidirectional_scan_pallas(
     *,
     chunk: int | None = None,
     block_d: int | None = None,
-    interpret: bool | str | None = None,
+    backend: Backend | None = None,
+    backward: Literal["kernel", "reference"] = "kernel",
 ) -> Float[Array, "B L D"]:
-    """scan(direction 0, forward) + scan(direction 1, reverse), gated by the shared z."""
-    _check_stacked(u, delta, A, B, C, D, z, delta_bias)
+    """scan(direction 0, forward) + scan(direction 1, reverse), gated by the shared z.
+
+    Same contract as `nanodna.ops.scan.bidirectional_scan_ref`; `backend`, `chunk`, `block_d`
+    and `backward` as in selective_scan_pallas. Raises ValueError for wrong shapes."""
+    check_stacked(u, delta, A, B, C, D, z, delta_bias)
     plan = make_plan(
         n_dir=2, reverse=False, L=u.shape[2], D=u.shape[3], softplus=bool(delta_softplus),
         has_D=D is not None, has_z=z is not None, has_bias=delta_bias is not None,
-        chunk=chunk, block_d=block_d, interpret=interpret,
+        chunk=chunk, block_d=block_d, backend=backend, backward=backward,
     )  # fmt: skip
     return scan_stacked(plan, u, delta, A, B, C, D, z, delta_bias)
-
-
-def bidirectional_scan_ref(
-    u: Float[Array, "2 B L D"],
-    delta: Float[Array, "2 B L D"],
-    A: Float[Array, "2 D N"],
-    B: Float[Array, "2 B L N"],
-    C: Float[Array, "2 B L N"],
-    D: Float[Array, "2 D"] | None = None,
-    z: Float[Array, "B L D"] | None = None,
-    delta_bias: Float[Array, "2 D"] | None = None,
-    delta_softplus: bool = False,
-) -> Float[Array, "B L D"]:
-    """The same sum from two lax.scan reference calls: the ground truth for the fused launch."""
-    return selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias,
-                                        delta_softplus=delta_softplus, impl="ref")

@@ -24,11 +24,12 @@ from its saved entry state and keeps every `sub`-th state in an SMEM workspace (
 then each piece of `sub` rows, last first, is recomputed into registers (unrolled) and the
 adjoint walks back through it. No (B, L, D, N) array and no per-step state touches GMEM.
 
-Backends: "mosaic_gpu" compiles for the GPU (Hopper or newer: TMA, warpgroups);
-"mosaic_gpu_interpret" runs the same program in JAX's GPU interpreter on CPU (simulated SMEM,
-TMA and barriers; NaN-filled fresh buffers). The interpreter does not model the asynchrony of
-TMA stores (a missing commit_smem / wait_smem_to_gmem still passes there), so those fences are
-only proven on a GPU: kernels/pallas/bench.py checks parity there before it times anything.
+Backends: Backend("mosaic_gpu") compiles for the GPU (Hopper or newer: TMA, warpgroups);
+Backend("mosaic_gpu", interpret=True) runs the same program in JAX's GPU interpreter on CPU
+(simulated SMEM, TMA and barriers; NaN-filled fresh buffers). The interpreter does not model
+the asynchrony of TMA stores (a missing commit_smem / wait_smem_to_gmem still passes there), so
+those fences are only proven on a GPU: benchmarks/bench_pallas.py checks parity there before it
+times anything.
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels.pallas.selective_scan import (
-    _flip_if,
-    _is_reversed,
-    _in_names,
-    _negate,
-    _sigmoid,
+from kernels.pallas.plan import (
+    Backend,
     backward_out_types,
     backward_outputs,
+    flip_if,
+    in_names,
+    is_reversed,
+    negate,
+    sigmoid,
 )
 
 _F32 = jnp.float32
@@ -64,7 +66,7 @@ def interpret_params():
 
 def _launch(body, plan, grid, out_type, scratch_types, name):
     """A warpgroup program per grid point (direction s, batch row b, channel tile t)."""
-    interpret = interpret_params() if plan.backend == "mosaic_gpu_interpret" else None
+    interpret = interpret_params() if plan.backend == Backend("mosaic_gpu", True) else None
     body.__name__ = name  # plgpu.kernel names the kernel after its body (profiles, HLO)
     return plgpu.kernel(body, out_type=out_type, scratch_types=scratch_types, grid=grid,
                         grid_names=_GRID_NAMES, compiler_params=plgpu.CompilerParams(),
@@ -122,7 +124,7 @@ def _param_scratch(plan, N):
 def _program(plan, r):
     """What every program reads first: its indices, direction, and per-channel parameters."""
     s, b, t = (jax.lax.axis_index(name) for name in _GRID_NAMES)
-    rev = _is_reversed(plan, s)  # a Python bool for one direction, traced for two
+    rev = is_reversed(plan, s)  # a Python bool for one direction, traced for two
     cols = pl.ds(t * W, W)
     names = _param_names(plan)
 
@@ -176,7 +178,7 @@ def _zeros_like_state(A_W):
 def _fwd_kernel(*refs, plan, names, K, N):
     r = dict(zip(names, refs))
     s, b, t, rev, A_n, D_W, bias_W, cols = _program(plan, r)
-    blk = lambda k: _flip_if(rev, k, K)  # noqa: E731  (chunk k of the scan's walk)
+    blk = lambda k: flip_if(rev, k, K)  # noqa: E731  (chunk k of the scan's walk)
     seq_W = pl.BlockSpec((plan.chunk, W), lambda k: (blk(k), 0))
     seq_N = pl.BlockSpec((plan.chunk, N), lambda k: (blk(k), 0))
     gmem = [r["u"].at[s, b, :, cols], r["dt"].at[s, b, :, cols], r["B"].at[s, b], r["C"].at[s, b]]
@@ -195,12 +197,12 @@ def _fwd_kernel(*refs, plan, names, K, N):
             hs_s[n, :] = h_nW[n]
 
         def step(j, h_nW):
-            row = _flip_if(rev, j, plan.chunk)
+            row = flip_if(rev, j, plan.chunk)
             st = _Row(plan, (*blocks[:4], z_s), row, A_n, bias_W)
             h_nW = st.advance(list(h_nW))
             y_W = st.output(h_nW, D_W)
             if st.z_W is not None:
-                y_W = y_W * st.z_W * _sigmoid(st.z_W)
+                y_W = y_W * st.z_W * sigmoid(st.z_W)
             y_s[row, :] = y_W.astype(y_s.dtype)
             return tuple(h_nW)
 
@@ -233,7 +235,7 @@ def fwd_call(plan, g, u, dt, A, B, C, D, z, bias):
 
 def _inputs(plan, *inputs):
     """The present inputs (u, dt, A, B, C, D, z, bias) and their names, all left in GMEM."""
-    present = [(name, x) for (name, on), x in zip(_in_names(plan), inputs) if on]
+    present = [(name, x) for (name, on), x in zip(in_names(plan), inputs) if on]
     return [name for name, _ in present], [x for _, x in present]
 
 
@@ -244,8 +246,8 @@ def _bwd_kernel(*refs, plan, names, K, N, sub):
     """Adjoint scan; the equations are in selective_scan._bwd_kernel's docstring."""
     r = dict(zip(names, refs))
     s, b, t, rev, A_n, D_W, bias_W, cols = _program(plan, r)
-    back = _negate(rev)
-    blk = lambda k: _flip_if(back, k, K)  # noqa: E731  (the adjoint walks against the scan)
+    back = negate(rev)
+    blk = lambda k: flip_if(back, k, K)  # noqa: E731  (the adjoint walks against the scan)
     seq_W = pl.BlockSpec((plan.chunk, W), lambda k: (blk(k), 0))
     seq_N = pl.BlockSpec((plan.chunk, N), lambda k: (blk(k), 0))
     gmem = [r["u"].at[s, b, :, cols], r["dt"].at[s, b, :, cols], r["B"].at[s, b],
@@ -269,7 +271,7 @@ def _bwd_kernel(*refs, plan, names, K, N, sub):
         du_s, ddt_s, dB_s, dC_s, *dz_s = outbox.open(k)
         dz_s = dz_s[0] if plan.has_z else None
         in_blocks = (u_s, dt_s, B_s, C_s, z_s)
-        row_of = lambda j: _flip_if(rev, j, plan.chunk)  # noqa: E731  (j in the scan's order)
+        row_of = lambda j: flip_if(rev, j, plan.chunk)  # noqa: E731  (j in the scan's order)
 
         def save_piece(q, h_nW):  # forward over piece q from its entry state, saving that
             for n in range(N):
@@ -289,7 +291,7 @@ def _bwd_kernel(*refs, plan, names, K, N, sub):
             dy_W = dout_s[row, :].astype(_F32)
             if st.z_W is not None:
                 y_W = st.output(h_nW, D_W)
-                sig_W = _sigmoid(st.z_W)
+                sig_W = sigmoid(st.z_W)
                 dz_W = dy_W * y_W * sig_W * (1.0 + st.z_W * (1.0 - sig_W))
                 dz_s[row, :] = dz_W.astype(dz_s.dtype)
                 dy_W = dy_W * st.z_W * sig_W
@@ -306,7 +308,7 @@ def _bwd_kernel(*refs, plan, names, K, N, sub):
             for gah, A_W in zip(gAh_nW, A_n):
                 ddt_W = ddt_W + gah * A_W
             if plan.softplus:
-                ddt_W = ddt_W * _sigmoid(st.dt_raw_W)
+                ddt_W = ddt_W * sigmoid(st.dt_raw_W)
             dbias_W = dbias_W + ddt_W
             dA_nW = [acc + gah * st.dt_W for acc, gah in zip(dA_nW, gAh_nW)]
             du_s[row, :] = du_W.astype(du_s.dtype)
@@ -354,7 +356,7 @@ def _bwd_kernel(*refs, plan, names, K, N, sub):
 
 
 def bwd_call(plan, g, u, dt, A, B, C, D, z, bias, hs, dout):
-    """Backward launch, with selective_scan._bwd_call's outputs (partial sums included)."""
+    """Backward launch, with the portable backward's outputs (plan.backward_out_types) (partial sums included)."""
     names, arrays = _inputs(plan, u, dt, A, B, C, D, z, bias)
     names += ["hs", "dout"]
     arrays += [hs, dout]

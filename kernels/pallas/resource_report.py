@@ -22,12 +22,15 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
+from kernels.pallas.plan import Backend, make_plan
+from kernels.pallas.selective_scan import scan_stacked
+
 
 def triton_modules(L=512, D=768, N=16, **plan_kw) -> dict[str, str]:
     """TTIR text of the forward and backward kernels for one plan (l20 shape by default)."""
+    # A JAX internal (it may move between releases): imported here so that the rest of this
+    # tool, and the test that notices such a move, fail with an ImportError of their own.
     from jax._src.pallas.triton import pallas_call_registration as registration
-
-    from kernels.pallas.selective_scan import make_plan, scan_stacked
 
     captured, lower = [], registration.lowering.lower_jaxpr_to_triton_module
 
@@ -37,7 +40,7 @@ def triton_modules(L=512, D=768, N=16, **plan_kw) -> dict[str, str]:
         return result
 
     plan = make_plan(n_dir=1, reverse=False, L=L, D=D, softplus=True, has_D=True, has_z=True,
-                     has_bias=True, interpret="triton", **plan_kw)  # fmt: skip
+                     has_bias=True, backend=Backend("triton"), **plan_kw)  # fmt: skip
     ks = jax.random.split(jax.random.key(0), 3)
     seq = jax.random.normal(ks[0], (1, 1, L, D), jnp.bfloat16)
     mat = jax.random.normal(ks[1], (1, 1, L, N), jnp.bfloat16)
@@ -56,7 +59,7 @@ def triton_modules(L=512, D=768, N=16, **plan_kw) -> dict[str, str]:
 
 def ptxas_report(ttir: str, num_warps: int) -> str:
     """Compile TTIR for sm_90a with Triton, then ask ptxas for its resource line."""
-    import triton
+    import triton  # optional: the Triton package is installed only where this tool is run
     from triton.backends.compiler import GPUTarget
 
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")

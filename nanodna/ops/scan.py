@@ -19,8 +19,12 @@ Implementations (`impl=`):
     "chunked_seq"  the same chunks, each run as a short unrolled loop: fewer passes over
                memory than the associative scan, which makes it the fastest form on CPU.
     "assoc"    one associative scan over the whole sequence (for benchmarks).
-    "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU).
-    "auto"     pallas on GPU/TPU (chunked if the kernel is missing), chunked_seq on CPU.
+    "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU); when
+               the inputs are split over a multi-device mesh it runs per device under shard_map.
+    "auto"     pallas on GPU/TPU, chunked_seq on CPU.
+
+The references the kernels are tested against live here: `selective_scan_ref` and
+`bidirectional_scan_ref`; `random_scan_inputs` makes inputs for every scan test and benchmark.
 
 Both chunked paths rematerialise each chunk in the backward pass, so training memory is
 ~ (B, T, D, N) for the scan instead of the reference's (B, L, D, N).
@@ -30,7 +34,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
+
+from kernels.pallas import (
+    bidirectional_scan_pallas,
+    selective_scan_pallas,
+    sharded_bidirectional_scan,
+    sharded_selective_scan,
+)
+
+ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")  # the scans' array arguments
 
 
 def state_dtype(dtype) -> jnp.dtype:
@@ -172,38 +186,49 @@ def _scan_chunked(u32, delta32, A32, B32, C32, chunk: int, sequential: bool):
 DEFAULT_CHUNK = 64  # chunk length T; see benchmarks/results_models.md for the sweep
 SEQ_UNROLL = 4  # time steps per loop iteration in "chunked_seq"
 IMPLS = ("auto", "ref", "chunked", "chunked_seq", "assoc", "pallas")
-_warned_fallback = False
-
-
-def _pallas_kernel(name: str = "selective_scan_pallas"):
-    """Imported lazily: a missing or broken kernel package must never break CPU use."""
-    import kernels.pallas
-
-    if not hasattr(kernels.pallas, name):
-        raise ImportError(f"kernels.pallas has no {name}")
-    return getattr(kernels.pallas, name)
 
 
 def resolve_impl(impl: str) -> str:
-    """'auto' -> 'pallas' on GPU/TPU when the kernel imports, 'chunked' there otherwise;
-    'chunked_seq' on CPU, where it measured fastest (benchmarks/results_models.md)."""
-    global _warned_fallback
+    """'auto' -> 'pallas' on GPU/TPU; 'chunked_seq' on CPU, where it measured fastest
+    (benchmarks/results_models.md). Raises ValueError for an unknown name."""
     if impl not in IMPLS:
         raise ValueError(f"unknown selective-scan impl {impl!r}; choose one of {IMPLS}")
     if impl != "auto":
         return impl
     if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
-        try:
-            _pallas_kernel()
-            return "pallas"
-        except ImportError as err:
-            if not _warned_fallback:
-                import warnings
-
-                warnings.warn(f"Pallas selective scan unavailable ({err}); using 'chunked'")
-                _warned_fallback = True
-        return "chunked"
+        return "pallas"
     return "chunked_seq"
+
+
+def batch_mesh(x: Array, batch_axis: int = 0):
+    """(mesh, axis names) that x's batch axis is split over, or None on one device.
+
+    A concrete array tells by its NamedSharding. A tracer under jit carries the (abstract) mesh
+    its inputs were placed on, and its spec only for Explicit mesh axes: the batch is split
+    over the axes the spec names or, when it names none (Auto axes, as training's mesh has),
+    over every axis of that mesh, which is how training lays out its batches (data
+    parallelism). A batch that does not divide over those devices stays whole (None).
+    """
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:  # a tracer
+        sharding = jax.typeof(x).sharding
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.size <= 1:
+        return None
+    spec = tuple(sharding.spec) + (None,) * x.ndim
+    axes = spec[batch_axis]
+    if axes is None:
+        if not isinstance(x, jax.core.Tracer):
+            return None  # a concrete array replicated along its batch: nothing to split
+        axes = tuple(sharding.mesh.axis_names)
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    # Axes already mapped by an enclosing shard_map are this program's own: not split again.
+    axes = tuple(a for a in axes if a not in getattr(sharding.mesh, "manual_axes", ()))
+    n = 1
+    for name in axes:
+        n *= sharding.mesh.shape[name]
+    if n <= 1 or x.shape[batch_axis] % n:
+        return None
+    return sharding.mesh, axes
 
 
 def selective_scan(
@@ -225,15 +250,11 @@ def selective_scan(
     if impl == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     if impl == "pallas":
-        try:
-            kernel = _pallas_kernel()
-        except ImportError as err:
-            msg = f"impl='pallas' needs kernels.pallas.selective_scan_pallas ({err})"
-            raise ImportError(msg) from None
-        return kernel(
-            u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-            delta_softplus=delta_softplus, reverse=reverse,
-        )
+        kw = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, reverse=reverse)
+        on_mesh = batch_mesh(u)
+        if on_mesh is not None:
+            return sharded_selective_scan(*on_mesh, u, delta, A, B, C, **kw)
+        return selective_scan_pallas(u, delta, A, B, C, **kw)
     u32, delta32, A32, B32, C32 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if reverse:  # the reverse recurrence is the forward one on time-flipped inputs
         u32, delta32, B32, C32 = (jnp.flip(a, axis=1) for a in (u32, delta32, B32, C32))
@@ -261,17 +282,16 @@ def selective_scan_bidirectional(
     """BiMamba's two scans summed: direction S=0 forward, S=1 reverse, one shared gate z.
 
     Every input is in the sequence's own coordinates (S=1 is not flipped). With impl "pallas"
-    both directions run in one fused kernel launch; otherwise two selective_scan calls.
+    both directions run in one fused kernel launch (under shard_map when the batch is split
+    over a mesh); otherwise two selective_scan calls.
     """
     impl = resolve_impl(impl)
     if impl == "pallas":
-        try:
-            kernel = _pallas_kernel("bidirectional_scan_pallas")
-        except ImportError:  # the single-direction kernel still works
-            kernel = None
-        if kernel is not None:
-            return kernel(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                          delta_softplus=delta_softplus)
+        kw = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+        on_mesh = batch_mesh(u, batch_axis=1)
+        if on_mesh is not None:
+            return sharded_bidirectional_scan(*on_mesh, u, delta, A, B, C, **kw)
+        return bidirectional_scan_pallas(u, delta, A, B, C, **kw)
     pick = lambda x, s: None if x is None else x[s]  # noqa: E731
     ys = [
         selective_scan(u[s], delta[s], A[s], B[s], C[s], D=pick(D, s), z=z,
@@ -280,3 +300,57 @@ def selective_scan_bidirectional(
         for s in (0, 1)
     ]
     return ys[0] + ys[1]
+
+
+def bidirectional_scan_ref(
+    u: Float[Array, "2 B L D"],
+    delta: Float[Array, "2 B L D"],
+    A: Float[Array, "2 D N"],
+    B: Float[Array, "2 B L N"],
+    C: Float[Array, "2 B L N"],
+    D: Float[Array, "2 D"] | None = None,
+    z: Float[Array, "B L D"] | None = None,
+    delta_bias: Float[Array, "2 D"] | None = None,
+    delta_softplus: bool = False,
+) -> Float[Array, "B L D"]:
+    """BiMamba's two scans from two lax.scan reference calls: the fused kernel's ground truth."""
+    return selective_scan_bidirectional(u, delta, A, B, C, D, z, delta_bias,
+                                        delta_softplus=delta_softplus, impl="ref")  # fmt: skip
+
+
+def random_scan_inputs(
+    key: jax.Array,
+    B: int,
+    L: int,
+    D: int,
+    N: int,
+    dtype=jnp.float32,
+    *,
+    S: int | None = None,
+    skip: bool = True,
+    gate: bool = True,
+    bias: bool = True,
+) -> dict[str, Array | None]:
+    """Random scan inputs in the ranges a Mamba layer sees, for tests and benchmarks.
+
+    Keys are the scans' argument names (ARG_NAMES). u, B, C, z ~ N(0, 1) and delta ~
+    N(-1, 0.5^2) (softplus(delta) ~ 0.3, as after dt_proj) in `dtype`; A = -exp(N(0, 0.5^2))
+    < 0, D ~ N(0, 1), delta_bias ~ N(0, 0.3^2) in float32 (float64 for float64 `dtype`), as
+    parameters are. S=2 stacks per-direction inputs on a leading axis (z, the shared gate,
+    stays (B L D)): selective_scan_bidirectional's layout. skip / gate / bias False leave D /
+    z / delta_bias None.
+    """
+    param = jnp.promote_types(dtype, jnp.float32)
+    lead = () if S is None else (S,)
+    ks = jax.random.split(key, 8)
+    normal = lambda k, shape, dt=dtype: jax.random.normal(k, shape, param).astype(dt)  # noqa: E731
+    return {
+        "u": normal(ks[0], lead + (B, L, D)),
+        "delta": (0.5 * normal(ks[1], lead + (B, L, D), param) - 1.0).astype(dtype),
+        "A": -jnp.exp(0.5 * normal(ks[2], lead + (D, N), param)),
+        "B": normal(ks[3], lead + (B, L, N)),
+        "C": normal(ks[4], lead + (B, L, N)),
+        "D": normal(ks[5], lead + (D,), param) if skip else None,
+        "z": normal(ks[6], (B, L, D)) if gate else None,
+        "delta_bias": 0.3 * normal(ks[7], lead + (D,), param) if bias else None,
+    }

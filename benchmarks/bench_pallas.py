@@ -1,13 +1,13 @@
 """Build, check and time the Pallas selective scan against its peers, in one call.
 
-On the GPU machine (one command, from the repository root; est. 5-8 minutes on an H100; add
-`--dtypes bfloat16` to halve it; results.json is rewritten after every stage):
+On the GPU machine (one command, from the repository root; add `--dtypes bfloat16` to halve
+the run time; results.json is rewritten after every stage):
 
-    python -m kernels.pallas.bench --out $OUT
+    python -m benchmarks.bench_pallas --out $OUT
 
 On a CPU, as a check that the script runs (tiny shapes, interpreter):
 
-    python -m kernels.pallas.bench --smoke --out /tmp/bench
+    python -m benchmarks.bench_pallas --smoke --out /tmp/bench
 
 Glossary: S scan directions (2: BiMamba), B batch per direction, L length, D channels (d_inner),
 N state size.
@@ -21,9 +21,9 @@ The long-context shape keeps the tokens: L = 8192, 4 windows -> B = 8.
 What is reported, per shape and dtype (medians of --iters runs after warm-up, block_until_ready):
   * parity: relative L2 error of the output and of every gradient vs the lax.scan reference,
   * forward and forward+backward time of: the fused bidirectional Pallas launch, two single-
-    direction Pallas launches, lax.scan (ref), lax.associative_scan and the chunked XLA path
-    (nanodna.ops.scan, skipped if absent), mamba-ssm's CUDA kernel (if importable, else
-    "unavailable"),
+    direction Pallas launches, lax.scan (ref, nanodna.ops.scan.bidirectional_scan_ref),
+    lax.associative_scan and the chunked XLA paths (nanodna.ops.scan), mamba-ssm's CUDA kernel
+    (if importable, else "unavailable"),
   * achieved bandwidth = the fewest bytes the op must move / time, next to a large device-to-
     device copy measured in the same run (the floor any memory-bound kernel sits on),
   * a sweep of block sizes and warps for the fused launch (Triton), and (optional) training-
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import statistics
@@ -42,19 +43,28 @@ import sys
 import time
 import traceback
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.pallas.bidirectional import bidirectional_scan_pallas, bidirectional_scan_ref
-from kernels.pallas.selective_scan import (
+from kernels.pallas import (
+    Backend,
     backend_for_platform,
-    make_plan,
-    scan_stacked,
+    bidirectional_scan_pallas,
     selective_scan_pallas,
 )
+from kernels.pallas.plan import make_plan
+from kernels.pallas.selective_scan import scan_stacked
+from nanodna.models import ModelConfig, build_model
+from nanodna.ops.scan import (
+    ARG_NAMES,
+    bidirectional_scan_ref,
+    random_scan_inputs,
+    selective_scan,
+)
 
-ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+ARGS = ARG_NAMES
 LOG = []
 
 
@@ -66,17 +76,7 @@ def log(*parts):
 
 def make_inputs(seed, S, Bz, L, Dc, N, dtype):
     """Random inputs in a Mamba layer's ranges, stacked over S directions (z is shared)."""
-    ks = jax.random.split(jax.random.key(seed), 8)
-    return {
-        "u": jax.random.normal(ks[0], (S, Bz, L, Dc), dtype),
-        "delta": (0.5 * jax.random.normal(ks[1], (S, Bz, L, Dc)) - 1.0).astype(dtype),
-        "A": -jnp.exp(0.5 * jax.random.normal(ks[2], (S, Dc, N))),
-        "B": jax.random.normal(ks[3], (S, Bz, L, N), dtype),
-        "C": jax.random.normal(ks[4], (S, Bz, L, N), dtype),
-        "D": jax.random.normal(ks[5], (S, Dc)),
-        "z": jax.random.normal(ks[6], (Bz, L, Dc), dtype),
-        "delta_bias": 0.3 * jax.random.normal(ks[7], (S, Dc)),
-    }
+    return random_scan_inputs(jax.random.key(seed), Bz, L, Dc, N, dtype, S=S)
 
 
 def min_bytes(x, backward: bool) -> int:
@@ -113,13 +113,13 @@ def copy_bandwidth(n_bytes, iters):
 # ----------------------------------------------------------------------------- implementations
 
 
-def kernel_backends(smoke: bool) -> list[str]:
+def kernel_backends(smoke: bool) -> list[Backend]:
     """The Pallas lowerings to compare here: the default first (on Hopper both GPU ones)."""
     default = backend_for_platform()
-    if default == "mosaic_gpu":
-        return ["mosaic_gpu", "triton"]
+    if default == Backend("mosaic_gpu"):
+        return [default, Backend("triton")]
     if smoke:  # CPU: the portable program, and the Hopper program in the GPU interpreter
-        return [default, "mosaic_gpu_interpret"]
+        return [default, Backend("mosaic_gpu", interpret=True)]
     return [default]
 
 
@@ -128,22 +128,16 @@ def impls(backends):
     "pallas_fused" is the default lowering; others are "pallas_fused[backend]"."""
     out = {}
     for i, backend in enumerate(backends):
-        name = "pallas_fused" if i == 0 else f"pallas_fused[{backend}]"
-        out[name] = functools.partial(bidirectional_scan_pallas, interpret=backend)
+        name = "pallas_fused" if i == 0 else f"pallas_fused[{backend.name}]"
+        out[name] = functools.partial(bidirectional_scan_pallas, backend=backend)
     out["pallas_2x"] = functools.partial(
-        _two_scans, functools.partial(selective_scan_pallas, interpret=backends[0])
+        _two_scans, functools.partial(selective_scan_pallas, backend=backends[0])
     )
     out["lax_scan_ref"] = bidirectional_scan_ref
-    try:
-        from nanodna.ops import scan as xla_scan
-
-        for impl in ("assoc", "chunked", "chunked_seq"):
-            if impl in getattr(xla_scan, "IMPLS", ()):
-                out[f"xla_{impl}"] = functools.partial(
-                    _two_scans, functools.partial(xla_scan.selective_scan, impl=impl)
-                )
-    except ImportError as err:
-        log(f"nanodna.ops.scan chunked/assoc paths unavailable: {err}")
+    for impl in ("assoc", "chunked", "chunked_seq"):
+        out[f"xla_{impl}"] = functools.partial(
+            _two_scans, functools.partial(selective_scan, impl=impl)
+        )
     return out
 
 
@@ -194,11 +188,9 @@ def parity(fns, x, ct):
 def mamba_ssm_peer(S, Bz, L, Dc, N, dtype, iters):
     """mamba-ssm's CUDA selective scan on the same work (S*Bz sequences), if it is installed."""
     try:
-        import torch
+        import torch  # optional: only for the mamba-ssm comparison on a GPU machine
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except ImportError as err:
-        import importlib.util
-
         bare = importlib.util.find_spec("selective_scan_cuda") is not None
         return {"status": f"unavailable ({err})" + ("; bare extension found" if bare else "")}
     tdt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
@@ -234,12 +226,6 @@ def mamba_ssm_peer(S, Bz, L, Dc, N, dtype, iters):
 
 def e2e_tokens_per_s(iters, batch=64, seq_len=512):
     """Training-step tokens/s of PlantCAD l20's shape with the Pallas scan vs the chunked one."""
-    try:
-        import equinox as eqx
-
-        from nanodna.models import ModelConfig, build_model
-    except ImportError as err:
-        return {"status": f"skipped ({err})"}
     res = {"status": "ok", "batch": batch, "seq_len": seq_len}
     tokens = jax.random.randint(jax.random.key(0), (batch, seq_len), 3, 7)
     for impl in ("pallas", "chunked"):
@@ -272,7 +258,8 @@ def bench_shape(name, S, Bz, L, Dc, N, dtype, args, copy_gbs):
     ct = jax.random.normal(jax.random.key(2), x["z"].shape, x["z"].dtype)
     fns = {k: fwd_and_train(f) for k, f in impls(args.backends).items()
            if k.split("[")[0] in args.impls or k == "lax_scan_ref"}  # fmt: skip
-    row = {"shape": dict(S=S, B=Bz, L=L, D=Dc, N=N, dtype=dtype), "backends": args.backends}
+    row = {"shape": dict(S=S, B=Bz, L=L, D=Dc, N=N, dtype=dtype),
+           "backends": [b.name for b in args.backends]}
     row["parity"] = parity(fns, x, ct)
     for impl, errs in row["parity"].items():
         log(f"parity {impl} (rel L2 vs lax.scan ref):",
@@ -318,17 +305,19 @@ def bench_shape(name, S, Bz, L, Dc, N, dtype, args, copy_gbs):
 
 
 def sweep(args, shape, dtype, variants):
-    """Fused fwd+bwd time for several plans (dicts of make_plan knobs): tuning data, one call."""
+    """Fused fwd+bwd time for several plans (dicts of make_plan knobs, the backend by name):
+    tuning data, one call."""
     S, Bz, L, Dc, N = shape
     x = make_inputs(3, S, Bz, L, Dc, N, jnp.dtype(dtype))
     ct = jax.random.normal(jax.random.key(4), x["z"].shape, x["z"].dtype)
     out = []
     for knobs in variants:
-        knobs = dict(dict(chunk=None, block_d=None, interpret=args.backends[0]), **knobs)
+        knobs = dict(dict(chunk=None, block_d=None, backend=args.backends[0].name), **knobs)
         tag = " ".join(f"{k}={v}" for k, v in knobs.items())
         try:
             plan = make_plan(n_dir=2, reverse=False, L=L, D=Dc, softplus=True, has_D=True,
-                             has_z=True, has_bias=True, **knobs)  # fmt: skip
+                             has_z=True, has_bias=True,
+                             **dict(knobs, backend=Backend.named(knobs["backend"])))  # fmt: skip
 
             def fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, plan=plan):
                 return scan_stacked(plan, u, delta, A, B, C, D, z, delta_bias)
@@ -370,9 +359,9 @@ def main(argv=None):
         dtypes = args.dtypes.split(",")
         copy_bytes = 1 << 30
         variants = []
-        if "mosaic_gpu" in args.backends:  # chunk sets shared memory, hence blocks per SM
-            variants += [dict(interpret="mosaic_gpu", chunk=c) for c in (8, 32)]
-        tri = dict(interpret="triton")
+        if Backend("mosaic_gpu") in args.backends:  # chunk sets shared memory: blocks per SM
+            variants += [dict(backend="mosaic_gpu", chunk=c) for c in (8, 32)]
+        tri = dict(backend="triton")
         variants += [dict(tri, block_d=b, num_warps=w) for b in (32, 64, 128) for w in (1, 2, 4)]
         variants += [dict(tri, chunk=c) for c in (16, 64)]
         variants += [dict(tri, block_d=64, num_stages=st) for st in (2, 3)]
@@ -383,12 +372,12 @@ def main(argv=None):
     results = {
         "device": str(jax.devices()[0]),
         "platform": jax.default_backend(),
-        "kernel_backend": backend,
+        "kernel_backend": backend.name,
         "jax": jax.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "iters": args.iters,
     }
-    log(f"device {results['device']} jax {jax.__version__} kernel backend {backend}")
+    log(f"device {results['device']} jax {jax.__version__} kernel backend {backend.name}")
     copy_gbs = copy_bandwidth(copy_bytes, args.iters)
     results["copy_GBps"] = copy_gbs
     log(f"device-to-device copy: {copy_gbs:.1f} GB/s")

@@ -1,0 +1,1 @@
+"""Benchmarks: run as `python benchmarks/NAME.py` or `python -m benchmarks.NAME`."""
