@@ -39,7 +39,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import mosaic_gpu as plgpu
+try:  # optional: jaxlib's Mosaic GPU dialect, which a TPU or ROCm install may lack
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+except ImportError:  # the portable kernels still import; these launches then refuse to run
+    plgpu = None
 
 from kernels.pallas.plan import (
     Backend,
@@ -66,6 +69,8 @@ def interpret_params():
 
 def _launch(body, plan, grid, out_type, scratch_types, name):
     """A warpgroup program per grid point (direction s, batch row b, channel tile t)."""
+    if plgpu is None:
+        raise RuntimeError("this jaxlib has no Mosaic GPU dialect: set NANODNA_PALLAS_GPU=triton")
     interpret = interpret_params() if plan.backend == Backend("mosaic_gpu", True) else None
     body.__name__ = name  # plgpu.kernel names the kernel after its body (profiles, HLO)
     return plgpu.kernel(body, out_type=out_type, scratch_types=scratch_types, grid=grid,

@@ -44,6 +44,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float
 
+from kernels.pallas import mosaic_gpu
 from kernels.pallas.plan import (
     Backend,
     Geometry,
@@ -391,15 +392,6 @@ def _bwd_call(plan: Plan, g: Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
 # ----------------------------------------------------------------------------- custom_vjp
 
 
-def _mosaic_gpu():
-    """The Mosaic GPU launches, imported on first use: jax.experimental.pallas.mosaic_gpu needs
-    the Mosaic GPU dialect of jaxlib, which a TPU or ROCm install may lack, and the portable
-    kernels must import there all the same."""
-    from kernels.pallas import mosaic_gpu
-
-    return mosaic_gpu
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(plan: Plan, u, dt, A, B, C, D, z, bias):
     """Sum over directions of their scans, (B L D)."""
@@ -410,7 +402,7 @@ def _scan_fwd(plan: Plan, u, dt, A, B, C, D, z, bias):
     """Arrays: u/dt (S B L D), A_SND transposed, B/C (S B L N), D/bias (S 1 D), z (B L D)."""
     S, Bz, L, Dc = u.shape
     g, inputs = padded(plan, u, dt, A, B, C, D, z, bias)
-    fwd_call = _mosaic_gpu().fwd_call if plan.mosaic_gpu else _fwd_call
+    fwd_call = mosaic_gpu.fwd_call if plan.mosaic_gpu else _fwd_call
     y_SBLD, hs = fwd_call(plan, g, *inputs)
     y_BLD = y_SBLD[:, :, :L, :Dc].astype(_F32).sum(0).astype(u.dtype)
     return y_BLD, (u, dt, A, B, C, D, z, bias, hs)
@@ -425,7 +417,7 @@ def _scan_bwd(plan: Plan, res, dy_BLD):
     g, inputs = padded(plan, u, dt, A, B, C, D, z, bias)
     # The directions' outputs are summed, so they share one cotangent.
     dout = pad_to(pad_to(dy_BLD, 1, g.L), 2, g.D)
-    bwd_call = _mosaic_gpu().bwd_call if plan.mosaic_gpu else _bwd_call
+    bwd_call = mosaic_gpu.bwd_call if plan.mosaic_gpu else _bwd_call
     du, ddt, dA_p, dB_p, dC_p, dD_p, dz, dbias_p = bwd_call(plan, g, *inputs, hs, dout)
     crop = lambda x: x[:, :, :L, :Dc]  # noqa: E731
     total = lambda part, ref: part.sum(1)[:, 0, :Dc].astype(ref.dtype)  # noqa: E731  (S B 1 D)
