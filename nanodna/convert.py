@@ -81,7 +81,8 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
                                               "complement_map"}
     for key in hf:
         if key not in known:
-            raise ConvertError(f"config.json: unknown setting {key!r}; nanodna does not implement it")
+            raise ConvertError(f"config.json: unknown setting {key!r} (nanodna does not "
+                               "implement it)")
     arch = hf.get("architectures") or ["CaduceusForMaskedLM"]
     if arch != ["CaduceusForMaskedLM"]:
         raise ConvertError(f"config.json: architectures {arch}; only CaduceusForMaskedLM imports")
@@ -91,13 +92,13 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
     if not c["rms_norm"]:
         raise ConvertError("config.json: rms_norm=false (LayerNorm) is not implemented")
     if float(c["norm_epsilon"]) != NORM_EPS:
-        raise ConvertError(f"config.json: norm_epsilon {c['norm_epsilon']} (nanodna uses {NORM_EPS})")
-    if not c["residual_in_fp32"]:
-        # nanodna keeps the residual stream in float32; with float32 weights (as released) the
-        # official residual_in_fp32=false computes the same, but a half-precision one would not.
-        if hf.get("torch_dtype", "float32") != "float32":
-            raise ConvertError("config.json: residual_in_fp32=false with torch_dtype "
-                               f"{hf['torch_dtype']} (nanodna keeps the residual in float32)")
+        raise ConvertError(f"config.json: norm_epsilon {c['norm_epsilon']} "
+                           f"(nanodna uses {NORM_EPS})")
+    # nanodna keeps the residual stream in float32; with float32 weights (as released) the
+    # official residual_in_fp32=false computes the same, but a half-precision one would not.
+    if not c["residual_in_fp32"] and hf.get("torch_dtype", "float32") != "float32":
+        raise ConvertError("config.json: residual_in_fp32=false with torch_dtype "
+                           f"{hf['torch_dtype']} (nanodna keeps the residual in float32)")
     if c["bidirectional"] and c["bidirectional_strategy"] not in (None, "add"):
         raise ConvertError(f"config.json: bidirectional_strategy "
                            f"{c['bidirectional_strategy']!r}; nanodna implements only 'add'")
@@ -120,10 +121,10 @@ def model_config_from_hf(hf: dict) -> ModelConfig:
     if vocab != VOCAB_SIZE:
         raise ConvertError(f"config.json: vocab_size {vocab} after padding; nanodna's "
                            f"tokenizer has {VOCAB_SIZE}")
-    if c.get("complement_map") is not None or c["rcps"]:
-        if _complement_map(c.get("complement_map"), vocab).tolist() != COMPLEMENT.tolist():
-            raise ConvertError("config.json: complement_map differs from nanodna's tokenizer "
-                               f"(expected {dict(enumerate(COMPLEMENT.tolist()))})")
+    has_map = c.get("complement_map") is not None or c["rcps"]
+    if has_map and _complement_map(c.get("complement_map"), vocab).tolist() != COMPLEMENT.tolist():
+        raise ConvertError("config.json: complement_map differs from nanodna's tokenizer "
+                           f"(expected {dict(enumerate(COMPLEMENT.tolist()))})")
     return ModelConfig(
         arch="caduceus", d_model=d_model, n_layers=int(c["n_layer"]), vocab_size=vocab,
         d_state=int(ssm["d_state"]), d_conv=int(ssm["d_conv"]), expand=int(ssm["expand"]),
@@ -317,7 +318,7 @@ def model_to_tensors(model: eqx.Module, cfg: ModelConfig) -> dict[str, np.ndarra
         for i in range(cfg.n_layers):
             out[theirs.format(i=i)] = np.ascontiguousarray(_to_theirs(theirs, stacked[i]))
     if params:
-        raise ConvertError(f"model: parameter {sorted(params)[0]!r} has no HF name")
+        raise ConvertError(f"model: parameter {min(params)!r} has no HF name")
     out.update(_buffers(cfg))
     return out
 

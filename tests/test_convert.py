@@ -155,8 +155,8 @@ def test_export_rewrites_the_official_file_and_round_trips_bitwise(name, tmp_pat
 
 
 @pytest.mark.parametrize("variant", [
-    dict(tie_in_out_proj=False), dict(bidirectional=False, rcps=False),
-    dict(rcps_swap_strands=True, n_layers=5, d_model=48),
+    {"tie_in_out_proj": False}, {"bidirectional": False, "rcps": False},
+    {"rcps_swap_strands": True, "n_layers": 5, "d_model": 48},
 ])
 def test_round_trip_of_fresh_models(variant, tmp_path):
     """Layouts without an official fixture: untied reverse mixer, unidirectional Ph, another
@@ -237,7 +237,7 @@ def test_unsupported_settings_are_refused_in_one_line(tmp_path, capsys, config, 
 
 
 def test_residual_in_fp32_false_is_accepted_for_float32_weights(tmp_path):
-    hf_dir, ids, want, _ = fixture("ps_fused_d32_l2")
+    _, ids, want, _ = fixture("ps_fused_d32_l2")
     model, _ = convert.from_hf(edited_copy(tmp_path, config={"residual_in_fp32": False}))
     assert rel_err(both_strands(model, ids)[0], want) < REL_TOL
 
