@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -433,6 +434,8 @@ def main(argv=None) -> int:
     b.add_argument("checkpoint", help="nanodna workdir (latest step) or checkpoints/<step>")
     b.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
     args = p.parse_args(argv)
+    # Orbax logs its read-only restore settings as warnings through absl: not news to a user.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         if args.cmd == "from-hf":
             model, cfg = from_hf(args.hf_dir)
