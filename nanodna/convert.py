@@ -420,6 +420,22 @@ def _load_nanodna_checkpoint(path: str) -> tuple[eqx.Module, ModelConfig]:
     return model, config.model
 
 
+def import_hf(hf_dir: str, out: str) -> ModelConfig:
+    """`from-hf`: convert an HF folder into the new nanodna workdir `out`."""
+    model, cfg = from_hf(hf_dir)
+    _save_nanodna_checkpoint(model, cfg, out)
+    return cfg
+
+
+def export_hf(checkpoint: str, out_dir: str) -> ModelConfig:
+    """`to-hf`: write a nanodna checkpoint (workdir or checkpoints/<step>) as an HF folder."""
+    if not os.path.isdir(checkpoint):
+        raise ConvertError(f"{checkpoint}: no such checkpoint folder")
+    model, cfg = _load_nanodna_checkpoint(checkpoint)
+    to_hf(model, cfg, out_dir)
+    return cfg
+
+
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -438,16 +454,12 @@ def main(argv=None) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         if args.cmd == "from-hf":
-            model, cfg = from_hf(args.hf_dir)
-            _save_nanodna_checkpoint(model, cfg, args.out)
+            cfg = import_hf(args.hf_dir, args.out)
             kind = "Caduceus-PS" if cfg.rcps else "Caduceus-Ph"
             print(f"wrote {args.out} ({kind}, d_model {cfg.d_model}, {cfg.n_layers} layers, "
                   f"rcps_swap_strands {cfg.rcps_swap_strands})")
         else:
-            if not os.path.isdir(args.checkpoint):
-                raise ConvertError(f"{args.checkpoint}: no such checkpoint folder")
-            model, cfg = _load_nanodna_checkpoint(args.checkpoint)
-            to_hf(model, cfg, args.out)
+            export_hf(args.checkpoint, args.out)
             print(f"wrote {args.out}/{CONFIG_FILE} and {SAFETENSORS_FILE}")
     except (UserError, FileNotFoundError) as e:
         return fail(e)

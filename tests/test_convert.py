@@ -278,3 +278,44 @@ def test_pytorch_bin_without_torch_is_refused_with_a_pointer_to_safetensors(
     with pytest.raises(convert.ConvertError, match="safetensors") as e:
         convert.from_hf(hf_dir)
     assert "\n" not in str(e.value)
+
+
+class _FakeTensor:
+    """Just enough of torch.Tensor for the converter's pytorch_model.bin path."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def is_floating_point(self):
+        return np.issubdtype(self.a.dtype, np.floating)
+
+    def detach(self):
+        return self
+
+    def float(self):
+        return _FakeTensor(self.a.astype(np.float32))
+
+    def numpy(self):
+        return self.a
+
+
+def test_pytorch_bin_goes_through_torchs_restricted_loader(tmp_path, monkeypatch):
+    """With torch present, pytorch_model.bin is read by torch.load(weights_only=True) only."""
+    hf_dir, ids, want, _ = fixture("ps_nonfused_d32_l2")
+    tensors = safetensors.numpy.load_file(os.path.join(hf_dir, "model.safetensors"))
+    copy = edited_copy(tmp_path, name="ps_nonfused_d32_l2")
+    os.remove(os.path.join(copy, "model.safetensors"))
+    open(os.path.join(copy, "pytorch_model.bin"), "wb").close()
+    calls = []
+
+    def fake_load(path, map_location=None, weights_only=False):
+        calls.append(weights_only)
+        return {k: _FakeTensor(v.astype(np.float16) if v.dtype == np.float32 else v)
+                for k, v in tensors.items()}
+
+    monkeypatch.setitem(sys.modules, "torch", type(sys)("torch"))
+    monkeypatch.setattr(sys.modules["torch"], "load", fake_load, raising=False)
+    model, _ = convert.from_hf(copy)
+    assert calls == [True]
+    # float16 copies of the weights: close to the official logits, not exact.
+    assert rel_err(both_strands(model, ids)[0], want) < 1e-2
