@@ -10,8 +10,9 @@ Caduceus-PS (rcps=True) folds x and rc(x) into the batch and combines them at th
 logits(rc(x)) = rc_logits(logits(x)) exactly. With rcps_swap_strands (Caduceus' fused_add_norm
 path, see rcps.py) every block first exchanges the two strand streams of the folded batch:
 
-    n_layers x [h <- swap_strands(h); h + BiMamba(RMSNorm(h))] Caduceus-Ph (rcps=False) is the plain model;
-`conjoined_logits` averages it over both strands at inference.
+    n_layers x [h <- swap_strands(h); h + BiMamba(RMSNorm(h))]
+
+Caduceus-Ph (rcps=False) is the plain model; `conjoined_logits` averages it over both strands at inference.
 """
 
 from __future__ import annotations

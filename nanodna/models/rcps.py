@@ -37,8 +37,9 @@ def fold(tokens_BL: Int[Array, "B L"]) -> Int[Array, "B2 L"]:
 def swap_strands(h_2BLD: Float[Array, "B2 L D"]) -> Float[Array, "B2 L D"]:
     """The fused-path strand exchange: h_x <- flip_{L,C}(h_rc), h_rc <- flip_{L,C}(h_x).
 
-    Equal to exchanging the two channel halves of the split view (tests check this). It maps
-    the folded stream of rc(x) to the exchange of the stream of x, so RC equivariance holds.
+    Equal to exchanging the two channel halves of the split view (tests check this). Feeding
+    rc(x) instead of x exchanges the two halves of the folded batch, and swap_strands commutes
+    with that exchange, so RC equivariance holds, at any depth (odd included).
     """
     h_fwd, h_rc = jnp.split(h_2BLD, 2, axis=0)
     return jnp.concatenate([jnp.flip(h_rc, axis=(1, 2)), jnp.flip(h_fwd, axis=(1, 2))], axis=0)
