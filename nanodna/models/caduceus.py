@@ -12,7 +12,8 @@ path, see rcps.py) every block first exchanges the two strand streams of the fol
 
     n_layers x [h <- swap_strands(h); h + BiMamba(RMSNorm(h))]
 
-Caduceus-Ph (rcps=False) is the plain model; `conjoined_logits` averages it over both strands at inference.
+Caduceus-Ph (rcps=False) is the plain model; `conjoined_logits` averages it over both strands
+at inference.
 """
 
 from __future__ import annotations
