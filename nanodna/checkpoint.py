@@ -147,3 +147,23 @@ def load_model(path: str | os.PathLike) -> tuple[eqx.Module, Config, int]:
     finally:
         manager.close()
     return eqx.combine(restored.params, model_static(build, key)), cfg, step
+
+
+def save_model(model: eqx.Module, cfg: Config, workdir: str | os.PathLike, step: int = 0) -> None:
+    """Write a new workdir holding one params-only checkpoint of `model` (what `load_model`
+    reads), e.g. a model imported from another format. Raises CheckpointError if `workdir`
+    already holds checkpoints."""
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(os.path.join(workdir, CHECKPOINTS)):
+        raise CheckpointError(f"{workdir}: already holds checkpoints; choose a new folder")
+    os.makedirs(workdir, exist_ok=True)
+    write_config(cfg, workdir)
+    manager = ocp.CheckpointManager(os.path.join(workdir, CHECKPOINTS),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    try:
+        manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(eqx.filter(model, is_param))), force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+

@@ -7,8 +7,13 @@ x and rc(x) (see rcps.py).
 
 The residual stream h is float32 whatever the compute dtype (mamba-ssm's residual_in_fp32).
 Caduceus-PS (rcps=True) folds x and rc(x) into the batch and combines them at the head, so
-logits(rc(x)) = rc_logits(logits(x)) exactly. Caduceus-Ph (rcps=False) is the plain model;
-`conjoined_logits` averages it over both strands at inference (`strand_mean`: mean of logits).
+logits(rc(x)) = rc_logits(logits(x)) exactly. With rcps_swap_strands (Caduceus' fused_add_norm
+path, see rcps.py) every block first exchanges the two strand streams of the folded batch:
+
+    n_layers x [h <- swap_strands(h); h + BiMamba(RMSNorm(h))]
+
+Caduceus-Ph (rcps=False) is the plain model; `conjoined_logits` averages it over both strands
+at inference (`strand_mean`: mean of logits).
 """
 
 from __future__ import annotations
@@ -28,19 +33,27 @@ EMBED_STD = 0.02  # mamba-ssm / Caduceus embedding init
 
 
 class MambaBlock(eqx.Module):
-    """Pre-norm residual block: h + BiMamba(RMSNorm(h)), h in float32."""
+    """Pre-norm residual block: h + BiMamba(RMSNorm(h)), h in float32.
+
+    With swap_strands the input must be a folded batch (rcps.fold) and its two strand streams
+    exchange places first (rcps.swap_strands).
+    """
 
     norm: RMSNorm
     mixer: BiMamba
     compute_dtype: str = eqx.field(static=True)
+    swap_strands: bool = eqx.field(static=True, default=False)
 
     def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
+        if self.swap_strands:
+            h_BLD = rcps.swap_strands(h_BLD)
         x_BLD = self.norm(h_BLD).astype(self.compute_dtype)
         return h_BLD + self.mixer(x_BLD).astype(jnp.float32)
 
 
 def make_block(cfg: ModelConfig, key: PRNGKeyArray) -> MambaBlock:
-    return MambaBlock(RMSNorm(cfg.d_model), make_bimamba(cfg, key), cfg.compute_dtype)
+    return MambaBlock(RMSNorm(cfg.d_model), make_bimamba(cfg, key), cfg.compute_dtype,
+                      cfg.rcps_swap_strands)
 
 
 class Caduceus(eqx.Module):
@@ -62,7 +75,8 @@ class Caduceus(eqx.Module):
         return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat))
 
     def hidden(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L D"]:
-        """Final normed hidden states of one strand (no RC folding)."""
+        """Final normed hidden states of one strand (no RC folding). With rcps_swap_strands
+        the strands interact, so tokens_BL must be a folded batch (rcps.fold)."""
         return self.trunk(self.embed[tokens_BL])
 
     def __call__(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:

@@ -23,6 +23,13 @@ class ModelConfig:
     rcps: bool = True  # Caduceus-PS (RC parameter sharing); False = Caduceus-Ph
     bidirectional: bool = True  # BiMamba: forward + reverse mixer, outputs added
     tie_in_out_proj: bool = True  # the reverse mixer shares in_proj / out_proj
+    # Caduceus-PS's fused_add_norm=True path (kuleshov-group/caduceus modeling_rcps.py,
+    # RCPSMambaBlock.forward, fused branch): before every block the two strand streams exchange
+    # places, each flipped along length and channels (h_x <- flip_LC(h_rc), h_rc <- flip_LC(h_x));
+    # embedding, final norm and head unchanged. Still RC-equivariant, but a different function
+    # from the unfused path; the released PlantCaduceus checkpoints were trained with it. Needs
+    # rcps=True (for Caduceus-Ph the official fused and unfused paths are the same function).
+    rcps_swap_strands: bool = False
     scan_impl: str = "auto"  # nanodna.ops.selective_scan impl
     # --- Transformer ---
     n_heads: int = 4
@@ -44,6 +51,8 @@ class ModelConfig:
         for name in ("d_model", "n_layers", "vocab_size", "max_len", "d_state", "d_conv", "expand"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.rcps_swap_strands and not (self.arch == "caduceus" and self.rcps):
+            raise ValueError("ModelConfig.rcps_swap_strands needs arch='caduceus' and rcps=True")
         if self.arch == "transformer":
             if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
                 raise ValueError(

@@ -8,6 +8,13 @@ run on x and on rc(x), combined only at the head. So we stack x and rc(x) in the
 (`fold`), run an ordinary network, and combine at `head`. The channel-view functions below
 are the published definition, kept so tests can show the two agree.
 
+Caduceus' fused_add_norm=True path (ModelConfig.rcps_swap_strands) differs in one place: its
+fused branch of RCPSMambaBlock.forward (kuleshov-group/caduceus, modeling_rcps.py) normalises
+the *second* channel half as the forward strand and the first half, flipped, as the rc strand,
+and writes them back in that order. In the channel view the two halves of the stream exchange
+places before every block; in the folded batch that is `swap_strands`. The final norm
+(CaduceusMixerModel.forward, fused branch) reads the halves in the ordinary order.
+
 Glossary: B batch, L length, D width per strand, C = 2D channels of the split view,
 V vocabulary. "2B" is the folded batch: rows [0, B) are x, rows [B, 2B) are rc(x).
 """
@@ -25,6 +32,17 @@ from nanodna.tokenizer import COMPLEMENT, reverse_complement
 def fold(tokens_BL: Int[Array, "B L"]) -> Int[Array, "B2 L"]:
     """Stack x and rc(x) along the batch: the network then sees both strands."""
     return jnp.concatenate([tokens_BL, reverse_complement(tokens_BL)], axis=0)
+
+
+def swap_strands(h_2BLD: Float[Array, "B2 L D"]) -> Float[Array, "B2 L D"]:
+    """The fused-path strand exchange: h_x <- flip_{L,C}(h_rc), h_rc <- flip_{L,C}(h_x).
+
+    Equal to exchanging the two channel halves of the split view (tests check this). Feeding
+    rc(x) instead of x exchanges the two halves of the folded batch, and swap_strands commutes
+    with that exchange, so RC equivariance holds, at any depth (odd included).
+    """
+    h_fwd, h_rc = jnp.split(h_2BLD, 2, axis=0)
+    return jnp.concatenate([jnp.flip(h_rc, axis=(1, 2)), jnp.flip(h_fwd, axis=(1, 2))], axis=0)
 
 
 def head(h_2BLD: Float[Array, "B2 L D"], W_VD: Float[Array, "V D"]) -> Float[Array, "B L V"]:
