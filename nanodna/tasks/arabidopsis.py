@@ -109,13 +109,14 @@ def conservation_labels(
     return label
 
 
-def codon_classes(gff_lines, chrom: str, chrom_len: int, seq: str):
+def codon_classes(gff_lines, chrom: str, chrom_len: int, seq: str, lo: int = 0):
     """TAIR10 GFF3 CDS features -> (fold class int8, codon position int8, in_cds bool) per base.
 
     fold class: ZERO_FOLD where every change of the base changes the amino acid (stop counts
     as an amino acid), FOUR_FOLD where none does, OTHER for 2/3-fold, conflicting transcripts
     or incomplete codons, NONE outside CDS. Codon position 1..3 (0 outside CDS or where
-    transcripts disagree). `seq` is the chromosome's forward strand (any case).
+    transcripts disagree). `seq` is the chromosome's forward strand (any case). Transcripts
+    that end before `lo` are skipped (only the held-out tail is tabulated).
     """
     cds: dict[str, list[tuple[int, int, str, int]]] = {}
     for line in gff_lines:
@@ -132,6 +133,8 @@ def codon_classes(gff_lines, chrom: str, chrom_len: int, seq: str):
     in_cds = np.zeros(chrom_len, bool)
     upper = seq.upper()
     for segments in cds.values():
+        if max(e for _, e, _, _ in segments) <= lo:
+            continue
         strand = segments[0][2]
         segments.sort(key=lambda s: s[0], reverse=strand == "-")
         pos = np.concatenate(
@@ -337,7 +340,7 @@ def build(out: str, recipe: Recipe = Recipe(), threads: int = 2, force: bool = F
     cons_T = conservation_labels(rep_T, ids_T, statuses, recipe.flank)
 
     with gzip.open(os.path.join(data, THALIANA_GFF), "rt") as f:
-        fold, cpos, in_cds = codon_classes(f, chrom, len(seq), seq)
+        fold, cpos, in_cds = codon_classes(f, chrom, len(seq), seq, lo=split)
     fold_T, cpos_T, cds_T = fold[split:], cpos[split:], in_cds[split:]
     fold_label_T = np.full(T, -1, np.int8)
     fold_label_T[fold_T == ZERO_FOLD] = 1
