@@ -67,6 +67,20 @@ _CODE = {
 NONE, ZERO_FOLD, FOUR_FOLD, OTHER = 0, 1, 2, 3
 
 
+def _fold_table() -> np.ndarray:
+    """(64, 3) fold class of each position of each codon (index 16a + 4b + c, ACGT order).
+
+    0-fold: all three other bases change the amino acid (stop counts as one); 4-fold: none.
+    """
+    table = np.zeros((64, 3), np.int8)
+    for i, codon in enumerate(a + b + c for a in BASES for b in BASES for c in BASES):
+        for j in range(3):
+            same = sum(_CODE[codon[:j] + x + codon[j + 1 :]] == _CODE[codon] for x in BASES
+                       if x != codon[j])
+            table[i, j] = ZERO_FOLD if same == 0 else FOUR_FOLD if same == 3 else OTHER
+    return table
+
+
 class TaskError(UserError):
     """Missing tools or data for the Arabidopsis build; one line saying how to get them."""
 
@@ -131,7 +145,11 @@ def codon_classes(gff_lines, chrom: str, chrom_len: int, seq: str, lo: int = 0):
     fold = np.zeros(chrom_len, np.int8)
     cpos = np.zeros(chrom_len, np.int8)
     in_cds = np.zeros(chrom_len, bool)
-    upper = seq.upper()
+    base_ids = np.frombuffer(seq.upper().encode("ascii"), np.uint8)
+    code_of = np.full(256, 4, np.int64)  # A C G T -> 0..3, anything else -> 4
+    for i, b in enumerate(BASES):
+        code_of[ord(b)] = i
+    classes = _fold_table()
     for segments in cds.values():
         if max(e for _, e, _, _ in segments) <= lo:
             continue
@@ -143,20 +161,17 @@ def codon_classes(gff_lines, chrom: str, chrom_len: int, seq: str, lo: int = 0):
         in_cds[pos] = True
         phase = segments[0][3]
         n_codons = (len(pos) - phase) // 3
-        for k in range(n_codons):
-            p3 = pos[phase + 3 * k : phase + 3 * k + 3]
-            codon = "".join(upper[p] for p in p3)
-            if strand == "-":
-                codon = codon.translate(_COMP)
-            aa = _CODE.get(codon)
-            for j, p in enumerate(p3):
-                if aa is None:
-                    cls = OTHER
-                else:
-                    same = sum(_CODE[codon[:j] + b + codon[j + 1 :]] == aa for b in BASES if b != codon[j])
-                    cls = ZERO_FOLD if same == 0 else FOUR_FOLD if same == 3 else OTHER
-                fold[p] = cls if fold[p] in (NONE, cls) else OTHER
-                cpos[p] = j + 1 if cpos[p] in (0, j + 1) else -1
+        p_C3 = pos[phase : phase + 3 * n_codons].reshape(n_codons, 3)
+        b_C3 = code_of[base_ids[p_C3]]
+        if strand == "-":
+            b_C3 = np.where(b_C3 < 4, 3 - b_C3, 4)  # complement in A C G T order
+        ok_C = (b_C3 < 4).all(axis=1)
+        idx_C = np.where(ok_C, 16 * b_C3[:, 0] + 4 * b_C3[:, 1] + b_C3[:, 2], 0)
+        cls_C3 = np.where(ok_C[:, None], classes[idx_C], OTHER).astype(np.int8)
+        p, c = p_C3.ravel(), cls_C3.ravel()
+        fold[p] = np.where((fold[p] == NONE) | (fold[p] == c), c, OTHER)
+        j = np.tile(np.arange(1, 4, dtype=np.int8), n_codons)
+        cpos[p] = np.where((cpos[p] == 0) | (cpos[p] == j), j, -1)
     cpos[cpos < 0] = 0
     return fold, cpos, in_cds
 
