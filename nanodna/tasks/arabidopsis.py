@@ -367,7 +367,7 @@ def build(out: str, recipe: Recipe = Recipe(), threads: int = 2, force: bool = F
             "tables": {}}
     for name, lab in (("conservation", cons_T), ("cds_0fold_4fold", fold_label_T)):
         sites = select_sites(lab, base_T, recipe.window, 0, T, recipe.max_per_class, rng)
-        table = build_table(tail, sites, lab, recipe.window, target)
+        table = build_table(tail, sites, lab, recipe.window, chrom)
         table["site"] = table["site"] + split  # chromosome coordinates
         path = os.path.join(out, "tables", f"{name}.parquet")
         write_parquet(table, path)
@@ -377,7 +377,7 @@ def build(out: str, recipe: Recipe = Recipe(), threads: int = 2, force: bool = F
             "rows": len(sites),
             "positives": int(np.sum(table["label"])),
             "per_base": {b: int(np.sum(np.array(table["base"]) == b)) for b in BASES},
-            "candidates": {"conserved": int((lab == 1).sum()), "not_conserved": int((lab == 0).sum())},
+            "candidate_sites": {"label_1": int((lab == 1).sum()), "label_0": int((lab == 0).sum())},
             "baseline_roc_auc": baselines(local, cds_T, cpos_T, recipe.centre_gc_flank),
         }
     timings["total_s"] = time.perf_counter() - t0
@@ -400,7 +400,7 @@ def readme(card: dict) -> str:
         lines.append(f"| {k} | {a['aligned_fraction']:.3f} | {a['identity']:.3f} |")
     for name, t in card["tables"].items():
         lines += ["", f"## {name}", "", (f"{t['rows']} rows ({t['positives']} label 1), per base "
-                  f"{t['per_base']}; candidate sites {t['candidates']}."), "",
+                  f"{t['per_base']}; candidate sites {t['candidate_sites']}."), "",
                   "| trivial baseline | ROC AUC |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in t["baseline_roc_auc"].items()]
     lines += ["", ("Categorical baselines (target base, codon position) score each row by its "
