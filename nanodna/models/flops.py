@@ -13,8 +13,8 @@ Conventions (one multiply-add = 2 FLOPs; per token; forward unless said otherwis
 Matmuls (Linear: 2 * d_in * d_out), as in Kaplan et al. 2020 Table 1.
 Training = 3 x forward: the backward of a matmul is two matmuls of the same size (grad wrt
 input and wrt weight), Kaplan et al. 2020 sec. 2.1; Hoffmann et al. 2022 (Chinchilla,
-arXiv 2203.15556) app. F use the same 2x backward. We apply the same 3x to the scan's and the
-softmax's elementwise work, an assumption (their backward is about twice the forward too:
+arXiv 2203.15556) app. F use the same 2x backward. We apply the same 3x to the scan's elementwise
+work, an assumption (their backward is about twice the forward too:
 a reverse scan of the same recurrence plus the products for dA, dB, dC, ddelta).
 The optimizer update (~10-20 FLOPs per parameter per step) is per step, not per token, and
 left out.
@@ -36,10 +36,12 @@ strand in training, its RC augmentation changes data, not work):
     head (tied to the embedding): 2*D*V per strand.
 Transformer, per layer: projections 2*(4*D^2 + 3*D*F) (q, k, v, o; SwiGLU gate, up, down)
     + attention 2*L*D (QK^T) + 2*L*D (AV), as Chinchilla app. F counts them; its softmax
-    term 3*H*L is left out (H/D <= 1/16 makes it < 5% of attention's). L is the full window even when causal: the implementation computes the masked
-    half too, and this module counts the work done. Head 2*D*V.
+    term 3*H*L is left out (H/D <= 1/16 makes it < 5% of attention's). L is the full window
+    even when causal: the implementation computes the masked half too, and this module counts
+    the work done. Head 2*D*V.
 Left out on both sides: the embedding lookup, norms, activations, gates, residual adds,
-the loss (a few FLOPs per channel each; the test against XLA bounds what this misses).
+the loss (a few FLOPs per channel each). Against XLA's cost analysis of loss + gradient on
+CPU (tests/test_flops.py, d_model 64 and 128) this count came out 2-4% low, measured.
 
 `six_n_flops_per_token` gives the 6·N convention with N = non-embedding parameters
 (embedding table excluded, and the transformer's untied V x D head too, as Kaplan does).
