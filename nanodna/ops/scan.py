@@ -18,9 +18,11 @@ Implementations (`impl=`):
                an associative scan, the state carried between chunks by lax.scan.
     "chunked_seq"  the same chunks, each run as a short unrolled loop: fewer passes over
                memory than the associative scan, which makes it the fastest form on CPU.
+    "chunked_vjp"  chunked_seq's forward with a hand-written backward (ops/scan_vjp.py): only
+               chunk-boundary states are saved, the adjoint recurrence runs in reverse.
     "assoc"    one associative scan over the whole sequence (for benchmarks).
     "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU).
-    "auto"     pallas on GPU/TPU (chunked if the kernel is missing), chunked_seq on CPU.
+    "auto"     pallas on GPU/TPU (chunked if the kernel is missing), chunked_vjp on CPU.
 
 Both chunked paths rematerialise each chunk in the backward pass, so training memory is
 ~ (B, T, D, N) for the scan instead of the reference's (B, L, D, N).
@@ -31,6 +33,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from nanodna.ops import scan_vjp
 
 
 def state_dtype(dtype) -> jnp.dtype:
@@ -171,7 +175,7 @@ def _scan_chunked(u32, delta32, A32, B32, C32, chunk: int, sequential: bool):
 
 DEFAULT_CHUNK = 64  # chunk length T; see benchmarks/results_models.md for the sweep
 SEQ_UNROLL = 4  # time steps per loop iteration in "chunked_seq"
-IMPLS = ("auto", "ref", "chunked", "chunked_seq", "assoc", "pallas")
+IMPLS = ("auto", "ref", "chunked", "chunked_seq", "chunked_vjp", "assoc", "pallas")
 _warned_fallback = False
 
 
@@ -186,7 +190,7 @@ def _pallas_kernel(name: str = "selective_scan_pallas"):
 
 def resolve_impl(impl: str) -> str:
     """'auto' -> 'pallas' on GPU/TPU when the kernel imports, 'chunked' there otherwise;
-    'chunked_seq' on CPU, where it measured fastest (benchmarks/results_models.md)."""
+    'chunked_vjp' on CPU, where it measured fastest (benchmarks/bench_scan_vjp.py)."""
     global _warned_fallback
     if impl not in IMPLS:
         raise ValueError(f"unknown selective-scan impl {impl!r}; choose one of {IMPLS}")
@@ -203,7 +207,7 @@ def resolve_impl(impl: str) -> str:
                 warnings.warn(f"Pallas selective scan unavailable ({err}); using 'chunked'")
                 _warned_fallback = True
         return "chunked"
-    return "chunked_seq"
+    return "chunked_vjp"
 
 
 def selective_scan(
@@ -235,6 +239,10 @@ def selective_scan(
             delta_softplus=delta_softplus, reverse=reverse,
         )
     u32, delta32, A32, B32, C32 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if impl == "chunked_vjp":  # one direction: S = 1
+        y_SBLD = scan_vjp.chunked_scan(*(a[None] for a in (u32, delta32, A32, B32, C32)),
+                                       chunk, reverse)
+        return _finish(y_SBLD[0], u, D, z, u.dtype)
     if reverse:  # the reverse recurrence is the forward one on time-flipped inputs
         u32, delta32, B32, C32 = (jnp.flip(a, axis=1) for a in (u32, delta32, B32, C32))
     if impl == "assoc":
@@ -273,6 +281,17 @@ def selective_scan_bidirectional(
             return kernel(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                           delta_softplus=delta_softplus)
     pick = lambda x, s: None if x is None else x[s]  # noqa: E731
+    if impl == "chunked_vjp":  # both directions in one loop, S=1 time-flipped; one gate
+        per_dir = [_prepare(u[s], delta[s], A[s], B[s], C[s], None, None, pick(delta_bias, s),
+                            delta_softplus) for s in (0, 1)]
+        u32, dt32, A32, B32, C32 = (
+            jnp.stack([x0, x1 if x0.ndim == 2 else jnp.flip(x1, axis=1)])
+            for x0, x1 in zip(*per_dir))
+        y_SBLD = scan_vjp.chunked_scan(u32, dt32, A32, B32, C32, DEFAULT_CHUNK, False)
+        y_BLD = y_SBLD[0] + jnp.flip(y_SBLD[1], axis=1)
+        if D is not None:
+            y_BLD = y_BLD + u[0].astype(y_BLD.dtype) * D[0] + u[1].astype(y_BLD.dtype) * D[1]
+        return _finish(y_BLD, u[0], None, z, u.dtype)
     ys = [
         selective_scan(u[s], delta[s], A[s], B[s], C[s], D=pick(D, s), z=z,
                        delta_bias=pick(delta_bias, s), delta_softplus=delta_softplus,
