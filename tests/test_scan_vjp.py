@@ -19,23 +19,23 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 CORE = ("u", "delta", "A", "B", "C")
 TOL = {jnp.float32: 2e-4, jnp.bfloat16: 3e-2}  # relative to the gradient's largest element
 CHUNK = 8
-SHAPE = dict(Bsz=2, L=37, Dch=5, N=3)  # 37 = 4 chunks of 8 + a partial one
+SHAPE = {"Bsz": 2, "L": 37, "Dch": 5, "N": 3}  # 37 = 4 chunks of 8 + a partial one
 
 
 def make_inputs(seed, Bsz, L, Dch, N, S=None, dtype=jnp.float32):
     """Fresh random inputs; a leading direction axis S when given. delta ~ N(-1, 0.5)."""
     ks = jax.random.split(jax.random.key(seed), 8)
     lead = () if S is None else (S,)
-    return dict(
-        u=jax.random.normal(ks[0], (*lead, Bsz, L, Dch)).astype(dtype),
-        delta=(jax.random.normal(ks[1], (*lead, Bsz, L, Dch)) * 0.5 - 1.0).astype(dtype),
-        A=-jnp.exp(jax.random.normal(ks[2], (*lead, Dch, N))).astype(dtype),
-        B=jax.random.normal(ks[3], (*lead, Bsz, L, N)).astype(dtype),
-        C=jax.random.normal(ks[4], (*lead, Bsz, L, N)).astype(dtype),
-        D=jax.random.normal(ks[5], (*lead, Dch)).astype(dtype),
-        z=jax.random.normal(ks[6], (Bsz, L, Dch)).astype(dtype),
-        delta_bias=(0.3 * jax.random.normal(ks[7], (*lead, Dch))).astype(dtype),
-    )
+    return {
+        "u": jax.random.normal(ks[0], (*lead, Bsz, L, Dch)).astype(dtype),
+        "delta": (jax.random.normal(ks[1], (*lead, Bsz, L, Dch)) * 0.5 - 1.0).astype(dtype),
+        "A": -jnp.exp(jax.random.normal(ks[2], (*lead, Dch, N))).astype(dtype),
+        "B": jax.random.normal(ks[3], (*lead, Bsz, L, N)).astype(dtype),
+        "C": jax.random.normal(ks[4], (*lead, Bsz, L, N)).astype(dtype),
+        "D": jax.random.normal(ks[5], (*lead, Dch)).astype(dtype),
+        "z": jax.random.normal(ks[6], (Bsz, L, Dch)).astype(dtype),
+        "delta_bias": (0.3 * jax.random.normal(ks[7], (*lead, Dch))).astype(dtype),
+    }
 
 
 def loss_and_grads(fn, x, w):
@@ -97,11 +97,11 @@ def test_chunk_edge_cases(L, chunk):
     x = make_inputs(20 + L, **shape)
     w = jax.random.normal(jax.random.key(L), (shape["Bsz"], L, shape["Dch"]))
     for reverse in (False, True):
-        def fast(**a):
+        def fast(reverse=reverse, **a):
             return selective_scan(**a, delta_softplus=True, reverse=reverse,
                                   impl="chunked_vjp", chunk=chunk)
 
-        def ref(**a):
+        def ref(reverse=reverse, **a):
             return selective_scan_ref(**a, delta_softplus=True, reverse=reverse)
 
         assert_matches(*loss_and_grads(fast, x, w), *float64_reference(ref, x, w), jnp.float32)
@@ -145,7 +145,7 @@ def _largest_intermediate(fn, *args) -> int:
 
 
 def test_backward_never_builds_a_BLDN_tensor():
-    shape = dict(Bsz=2, L=200, Dch=6, N=5)  # L > DEFAULT_CHUNK (64), so chunks are real
+    shape = {"Bsz": 2, "L": 200, "Dch": 6, "N": 5}  # L > DEFAULT_CHUNK (64), so chunks are real
     x = make_inputs(40, **shape, S=2)
     BLDN = 2 * shape["Bsz"] * shape["L"] * shape["Dch"] * shape["N"]  # both directions
 
