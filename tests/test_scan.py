@@ -102,7 +102,7 @@ def test_bad_impl_is_a_clear_error():
 
 def test_auto_never_needs_the_kernel_on_cpu():
     assert jax.default_backend() == "cpu"
-    assert resolve_impl("auto") == "chunked_seq"
+    assert resolve_impl("auto") == "chunked_vjp"
 
 
 def test_pallas_dispatch_matches_reference():
