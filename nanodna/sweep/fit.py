@@ -1,0 +1,126 @@
+"""The saturating AUC-vs-compute trend, the compute to reach a target AUC, and the parity ratio.
+
+Trend (a power law approaching a ceiling, as in compute-vs-downstream fits):
+
+    AUC(C) = a - b * (C / C0)^(-c),   C0 = geometric mean of the fitted FLOPs (for conditioning)
+
+For each c on a log grid, (a, b) is an ordinary least-squares problem; the c with the smallest
+squared error wins. b is kept >= 0 (AUC does not fall with compute in this model); where the
+unconstrained b would be negative the trend is flat (b = 0, a = mean). Numpy only.
+
+Compute to reach a target t (t < a, b > 0): C = C0 * ((a - t) / b)^(-1/c); otherwise never.
+Parity ratio = C_other(t) / C_reference(t), with a percentile interval from resampling each
+architecture's checkpoints with replacement and refitting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+C_GRID = np.logspace(-2, math.log10(3.0), 150)  # exponents c tried, 0.01 .. 3
+MIN_POINTS = 3  # distinct compute values a three-parameter trend needs
+
+
+@dataclass(frozen=True)
+class Trend:
+    a: float  # the ceiling the AUC approaches
+    b: float  # >= 0
+    c: float  # > 0
+    C0: float  # FLOPs scale the fit was made at
+
+    def __call__(self, flops):
+        """AUC predicted at `flops` (scalar or array)."""
+        return self.a - self.b * (np.asarray(flops, dtype=np.float64) / self.C0) ** (-self.c)
+
+    def flops_to_reach(self, target: float) -> float:
+        """The compute at which the trend reaches `target` (math.inf if it never does)."""
+        if self.b <= 0 or self.a <= target:
+            return math.inf
+        return float(self.C0 * ((self.a - target) / self.b) ** (-1.0 / self.c))
+
+
+def fit_trend(flops, auc) -> Trend:
+    """Least-squares fit of AUC(C) = a - b (C/C0)^-c to points (flops > 0, auc).
+
+    Raises ValueError with fewer than MIN_POINTS distinct compute values (with two, every c
+    fits exactly and the trend is arbitrary).
+    """
+    C = np.asarray(flops, dtype=np.float64)
+    y = np.asarray(auc, dtype=np.float64)
+    if C.shape != y.shape or C.ndim != 1 or np.any(C <= 0) or len(np.unique(C)) < MIN_POINTS:
+        raise ValueError(f"fit_trend needs >= {MIN_POINTS} distinct positive compute values, "
+                         "matched to AUCs")
+    C0 = float(np.exp(np.mean(np.log(C))))
+    logx = np.log(C / C0)
+    best, best_sse = None, math.inf
+    for c in C_GRID:
+        u = np.exp(-c * logx)  # (C/C0)^-c
+        A = np.stack([np.ones_like(u), -u], axis=1)
+        (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+        if b < 0:
+            a, b = float(np.mean(y)), 0.0
+        sse = float(np.sum((a - b * u - y) ** 2))
+        if sse < best_sse - 1e-15:
+            best, best_sse = Trend(float(a), float(b), float(c), C0), sse
+    return best
+
+
+def first_reached(flops, auc, target: float) -> float:
+    """The smallest observed compute whose AUC is >= target (math.inf if none)."""
+    C, y = np.asarray(flops, dtype=np.float64), np.asarray(auc, dtype=np.float64)
+    hit = C[y >= target]
+    return float(hit.min()) if hit.size else math.inf
+
+
+def bootstrap_trends(flops, auc, n: int, rng: np.random.Generator) -> list[Trend]:
+    """Trends refitted to `n` resamples (with replacement) of the points; resamples with fewer
+    than MIN_POINTS distinct compute values are dropped."""
+    C, y = np.asarray(flops, dtype=np.float64), np.asarray(auc, dtype=np.float64)
+    out = []
+    for _ in range(n):
+        i = rng.integers(0, len(C), len(C))
+        if len(np.unique(C[i])) >= MIN_POINTS:
+            out.append(fit_trend(C[i], y[i]))
+    return out
+
+
+def trend_band(trends: list[Trend], flops_grid, level: float = 0.95):
+    """(low, high) pointwise percentile band of bootstrap trends over `flops_grid`."""
+    pred = np.stack([t(flops_grid) for t in trends])
+    q = 100 * (1 - level) / 2
+    return np.percentile(pred, q, axis=0), np.percentile(pred, 100 - q, axis=0)
+
+
+@dataclass(frozen=True)
+class Parity:
+    ratio: float  # C_other / C_reference to the target from the full-data trends (inf: never)
+    ci: tuple[float, float]  # percentile interval over resamples (inf: not reached there)
+    reached_fraction: float  # fraction of resamples in which both trends reach the target
+    n_resamples: int
+
+
+def parity_ratio(ref_flops, ref_auc, other_flops, other_auc, target: float, n: int = 500,
+                 seed: int = 0, level: float = 0.95) -> Parity:
+    """Compute-to-parity ratio of `other` against `ref` at AUC `target`, with a bootstrap
+    interval (each architecture's points resampled independently)."""
+    ref_c = fit_trend(ref_flops, ref_auc).flops_to_reach(target)
+    oth_c = fit_trend(other_flops, other_auc).flops_to_reach(target)
+    ratio = oth_c / ref_c if math.isfinite(ref_c) else math.nan
+    rng = np.random.default_rng(seed)
+    refs = bootstrap_trends(ref_flops, ref_auc, n, rng)
+    others = bootstrap_trends(other_flops, other_auc, n, rng)
+    ratios = []
+    for r, o in zip(refs, others):
+        rc, oc = r.flops_to_reach(target), o.flops_to_reach(target)
+        if math.isfinite(rc):  # the reference must get there for a ratio to exist
+            ratios.append(oc / rc)
+    ratios = np.asarray(ratios, dtype=np.float64)
+    if ratios.size == 0:
+        return Parity(ratio, (math.nan, math.nan), 0.0, 0)
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(ratios, [q, 100 - q], method="lower")
+    return Parity(ratio, (float(lo), float(hi)), float(np.mean(np.isfinite(ratios))),
+                  int(ratios.size))
