@@ -175,8 +175,9 @@ def plot_auc_vs_flops(rows, results, trends, path):
                 lo, hi = fit.trend_band(boots, grid)
                 ax.fill_between(grid, lo, hi, color=colors[arch], alpha=0.15, lw=0)
             reach = results["architectures"][arch]["flops_to_target_fit"]
-            if reach is not None:
-                ax.axvline(reach, color=colors[arch], ls=":", lw=1)
+            if reach is not None and grid[0] <= reach <= grid[-1]:  # no far extrapolations
+                ax.axvline(reach, color=colors[arch], ls=":", lw=1,
+                           label=f"{arch} trend reaches target: {reach:.3g} FLOPs")
     ax.axhline(target, color="k", ls="--", lw=1, label=f"target AUC {target:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
