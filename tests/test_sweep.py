@@ -49,6 +49,7 @@ def test_fit_needs_three_compute_values_and_keeps_b_nonnegative():
     falling = fit.fit_trend([1e9, 1e10, 1e11, 1e12], [0.7, 0.68, 0.66, 0.65])
     assert falling.b == 0.0 and falling.a == pytest.approx(np.mean([0.7, 0.68, 0.66, 0.65]))
     assert falling.flops_to_reach(0.9) == math.inf
+    assert falling.flops_to_reach(0.5) == 0.0  # flat and above the target at any compute
 
 
 def test_parity_ratio_of_a_curve_shifted_in_compute():
@@ -92,6 +93,11 @@ def test_analyse_target_rule_and_parity_not_reached():
     assert results["architectures"]["ref"]["flops_to_target_observed"] == pytest.approx(
         C[ref >= results["target_auc"]].min())
     json.dumps(results)  # JSON-safe (no inf / NaN)
+    # A reference that does not improve with compute gives no ratio, and says so.
+    flat = np.full_like(C, 0.6) + np.linspace(0.002, -0.002, len(C))
+    results, _ = analyse(_rows("ref", C, flat) + _rows("low", C, low), SETTINGS)
+    assert results["parity"]["low"]["ratio"] is None
+    assert results["parity"]["low"]["statement"].startswith("no ratio")
 
 
 def test_first_reached():
@@ -106,7 +112,7 @@ def test_hot_cold_gap_on_a_synthetic_loss_curve(tmp_path):
     os.makedirs(tmp_path / "runs" / "r")
     with open(tmp_path / "runs" / "r" / "metrics.jsonl", "w") as f:
         f.writelines(json.dumps({"step": s, "eval/val_loss": v}) + "\n" for s, v in losses.items())
-    gaps = hot_cold_gaps(str(tmp_path), "r", 10, 2, tokens_per_step=100)
+    gaps = hot_cold_gaps(str(tmp_path), "r", 10, 2, tokens_per_step=100.0)
     assert [(g["hot_step"], g["cold_step"]) for g in gaps] == [(8, 10), (18, 20)]
     assert gaps[0]["delta"] == pytest.approx(0.2)
     # Cold loss 1.5 is crossed between 14 (1.55) and 16 (1.45): at 15, 5 steps after 10.

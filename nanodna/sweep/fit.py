@@ -36,8 +36,11 @@ class Trend:
         return self.a - self.b * (np.asarray(flops, dtype=np.float64) / self.C0) ** (-self.c)
 
     def flops_to_reach(self, target: float) -> float:
-        """The compute at which the trend reaches `target` (math.inf if it never does)."""
-        if self.b <= 0 or self.a <= target:
+        """The compute at which the trend reaches `target`: math.inf if it never does, 0.0 if a
+        flat trend (b = 0) is at or above it everywhere."""
+        if self.b <= 0:
+            return 0.0 if self.a >= target else math.inf
+        if self.a <= target:
             return math.inf
         return float(self.C0 * ((self.a - target) / self.b) ** (-1.0 / self.c))
 
@@ -108,14 +111,14 @@ def parity_ratio(ref_flops, ref_auc, other_flops, other_auc, target: float, n: i
     interval (each architecture's points resampled independently)."""
     ref_c = fit_trend(ref_flops, ref_auc).flops_to_reach(target)
     oth_c = fit_trend(other_flops, other_auc).flops_to_reach(target)
-    ratio = oth_c / ref_c if math.isfinite(ref_c) else math.nan
+    ratio = oth_c / ref_c if 0 < ref_c < math.inf else math.nan
     rng = np.random.default_rng(seed)
     refs = bootstrap_trends(ref_flops, ref_auc, n, rng)
     others = bootstrap_trends(other_flops, other_auc, n, rng)
     ratios = []
     for r, o in zip(refs, others):
         rc, oc = r.flops_to_reach(target), o.flops_to_reach(target)
-        if math.isfinite(rc):  # the reference must get there for a ratio to exist
+        if 0 < rc < math.inf:  # the reference must get there, at a compute, for a ratio
             ratios.append(oc / rc)
     ratios = np.asarray(ratios, dtype=np.float64)
     if ratios.size == 0:

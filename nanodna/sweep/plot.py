@@ -95,8 +95,9 @@ def _parity_entry(rows, arch, ref, labels, target, settings, trends) -> dict:
              "reached": math.isfinite(p.ratio), "bootstrap_reached_fraction": p.reached_fraction,
              "n_resamples": p.n_resamples}
     if math.isnan(p.ratio):
-        entry["statement"] = (f"the {ref} trend itself does not reach the target AUC "
-                              f"{target:.4f}: no ratio")
+        how = ("is flat at or above it (no compute at which it starts to)"
+               if trends[ref][0].b == 0 and trends[ref][0].a >= target else "does not reach it")
+        entry["statement"] = (f"no ratio: the {ref} trend {how}; target AUC {target:.4f}")
     elif math.isinf(p.ratio):
         entry["statement"] = (f"parity not reached: the {arch} trend saturates at "
                               f"{trends[arch][0].a:.4f}, below the target AUC {target:.4f}")
