@@ -127,9 +127,14 @@ def train_run(sweep: SweepConfig, run: Run, workdir: str, env: dict) -> bool:
     config = run.config if os.path.isabs(run.config) else os.path.join(REPO_ROOT, run.config)
     cmd = [sys.executable, os.path.join(REPO_ROOT, "train.py"), "--config", config,
            "--workdir", os.path.abspath(workdir), *overrides]
-    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, check=False)
-    if proc.returncode != 0:
-        raise SweepError(f"run {run.name}: train.py exited with code {proc.returncode} "
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
+        proc.wait()
+        raise
+    if code != 0:
+        raise SweepError(f"run {run.name}: train.py exited with code {code} "
                          f"(command: {' '.join(cmd)})")
     labels = read_labels(workdir)
     expected = {s: lab for pair in sweep.hot_cold_steps() for s, lab in zip(pair, ("hot", "cold"))}

@@ -194,14 +194,16 @@ def plot_loss_vs_auc(rows, path):
     archs = list(dict.fromkeys(r["arch"] for r in rows))
     fig, axes = plt.subplots(1, len(archs), figsize=(4 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs):
-        for run in dict.fromkeys(r["run"] for r in rows if r["arch"] == arch):
+        runs = list(dict.fromkeys(r["run"] for r in rows if r["arch"] == arch))
+        colors = _colors(runs)  # one colour per run (size); filled: cold, hollow: hot
+        for run in runs:
             pts = sorted((r for r in rows if r["run"] == run), key=lambda r: r["step"])
             ax.plot([r["val_loss"] for r in pts], [r["roc_auc"] for r in pts], "-", lw=0.8,
-                    alpha=0.5)
-            for label, marker in (("cold", "o"), ("hot", "^")):
+                    alpha=0.5, color=colors[run])
+            for label, face in (("cold", colors[run]), ("hot", "none")):
                 sel = [r for r in pts if r["label"] == label]
-                ax.scatter([r["val_loss"] for r in sel], [r["roc_auc"] for r in sel], s=18,
-                           marker=marker, label=f"{run} {label}")
+                ax.scatter([r["val_loss"] for r in sel], [r["roc_auc"] for r in sel], s=20,
+                           facecolors=face, edgecolors=colors[run], label=f"{run} {label}")
         ax.invert_xaxis()  # lower loss to the right: training progresses left to right
         ax.set_title(arch, fontsize=9)
         ax.set_xlabel("validation loss")
