@@ -2,6 +2,7 @@
 cadence it imposes against the real schedule, and the smoke sweep end to end (train, score,
 plot, rerun)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -211,3 +212,14 @@ def test_smoke_sweep_end_to_end_and_rerun_skips(tmp_path):
     assert [p.stat().st_mtime_ns for p in watched] == mtimes
     assert (out / "results.tsv").read_text().splitlines(keepends=True) == lines
     assert "already trained" in proc.stdout + proc.stderr
+
+
+def test_rerun_with_other_scoring_settings_is_refused(tmp_path):
+    from nanodna.sweep import driver
+
+    sweep = SweepConfig(runs=(Run("r", "a", "x.py"),), cycle_steps=10, cycles=2, table="t.tsv")
+    driver._write_sweep_json(sweep, str(tmp_path))
+    driver.append_result(str(tmp_path), {"run": "r", "arch": "a", "step": 8, "label": "hot"})
+    driver._write_sweep_json(sweep, str(tmp_path))  # same settings: fine
+    with pytest.raises(driver.SweepError, match="table"):
+        driver._write_sweep_json(dataclasses.replace(sweep, table="other.tsv"), str(tmp_path))

@@ -306,6 +306,20 @@ def run_sweep(sweep: SweepConfig, out: str) -> list[dict]:
     return read_results(out)
 
 
+# Settings that change what a results.tsv row means: a rerun in the same OUT must keep them.
+# (Runs may be added; a changed run is caught by its sweep_done.json.)
+ROW_SETTINGS = ("table", "max_rows", "bootstrap", "cycle_steps", "cycles", "decay_fraction")
+
+
 def _write_sweep_json(sweep: SweepConfig, out: str) -> None:
-    with open(os.path.join(out, "sweep.json"), "w") as f:
+    path = os.path.join(out, "sweep.json")
+    if os.path.exists(path) and read_results(out):
+        with open(path) as f:
+            old = json.load(f)
+        new = dataclasses.asdict(sweep)
+        changed = [k for k in ROW_SETTINGS if old.get(k) != new[k]]
+        if changed:
+            raise SweepError(f"{out} holds results made with other {', '.join(changed)}: use a "
+                             "fresh --out folder")
+    with open(path, "w") as f:
         json.dump(dataclasses.asdict(sweep), f, indent=1)
