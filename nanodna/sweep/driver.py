@@ -279,6 +279,8 @@ def run_sweep(sweep: SweepConfig, out: str) -> list[dict]:
     os.makedirs(out, exist_ok=True)
     _write_sweep_json(sweep, out)
     env = subprocess_env(out)
+    if not jax.config.jax_compilation_cache_dir:  # the in-process evaluator shares the cache
+        jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
     done = {(r["run"], r["step"]) for r in read_results(out)}
     n = len(sweep.runs)
     bar = tqdm(total=n, desc="sweep", position=0, leave=True, dynamic_ncols=True)
