@@ -118,8 +118,13 @@ def test_hot_cold_gap_on_a_synthetic_loss_curve(tmp_path):
     assert gaps[0]["delta"] == pytest.approx(0.2)
     # Cold loss 1.5 is crossed between 14 (1.55) and 16 (1.45): at 15, 5 steps after 10.
     assert gaps[0]["gap_steps"] == pytest.approx(5.0)
-    assert gaps[0]["gap_tokens"] == pytest.approx(500.0)
+    assert gaps[0]["gap_tokens"] == pytest.approx(500.0) and not gaps[0]["gap_is_upper_bound"]
     assert gaps[1]["gap_steps"] is None  # no main-branch evaluation after step 20
+    # Matched at once (first evaluation after the cold one): the bound, flagged.
+    with open(tmp_path / "runs" / "r" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 22, "eval/val_loss": 1.25}) + "\n")
+    gaps = hot_cold_gaps(str(tmp_path), "r", 10, 2, tokens_per_step=100.0)
+    assert gaps[1]["gap_steps"] == 2 and gaps[1]["gap_is_upper_bound"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -114,7 +114,8 @@ def hot_cold_gaps(out: str, run: str, cycle_steps: int, decay_steps: int,
                   tokens_per_step: float) -> list[dict]:
     """Per cycle: hot and cold val loss, their difference, and how many steps (tokens) after
     the cold checkpoint the main (high learning rate) branch first matched the cold loss,
-    linearly interpolated between evaluations; None where it never did within the run."""
+    linearly interpolated between evaluations (an upper bound, flagged, when the first evaluation
+    after the cold one already matches); None where it never did within the run."""
     rows = read_metrics(os.path.join(out, "runs", run))
     val = sorted((r["step"], r["eval/val_loss"]) for r in rows if "eval/val_loss" in r)
     loss = dict(val)
@@ -125,19 +126,22 @@ def hot_cold_gaps(out: str, run: str, cycle_steps: int, decay_steps: int,
         hot, cold = k * C - T_d, k * C
         if hot not in loss or cold not in loss:
             continue
-        lc, gap = loss[cold], None
+        lc, gap, bound = loss[cold], None, False
         later = [(s, v) for s, v in main if s > cold]
         prev = (cold, lc)
         for s, v in later:  # the main branch restarts above lc; find where it falls to lc
             if v <= lc:
                 s0, v0 = prev
-                frac = 0.0 if s0 == cold or v0 == v else (v0 - lc) / (v0 - v)
-                gap = (s0 + frac * (s - s0)) - cold if s0 != cold else s - cold
+                if s0 == cold:  # matched at the first evaluation after the cold one: a bound
+                    gap, bound = s - cold, True
+                else:
+                    frac = 0.0 if v0 == v else (v0 - lc) / (v0 - v)
+                    gap = s0 + frac * (s - s0) - cold
                 break
             prev = (s, v)
         out_rows.append({"run": run, "cycle": k, "hot_step": hot, "cold_step": cold,
                          "hot_loss": loss[hot], "cold_loss": lc, "delta": loss[hot] - lc,
-                         "gap_steps": gap,
+                         "gap_steps": gap, "gap_is_upper_bound": bound,
                          "gap_tokens": None if gap is None else gap * tokens_per_step})
     return out_rows
 
@@ -233,7 +237,9 @@ def plot_hot_cold(out, rows, gaps, cycle_steps, decay_steps, path):
             if g["gap_steps"] is None:
                 text = f"-{g['delta']:.3f}\nnot matched"
             else:
-                text = f"-{g['delta']:.3f}\n+{g['gap_steps']:.0f} st\n{g['gap_tokens']:.3g} tok"
+                le = "<=" if g["gap_is_upper_bound"] else ""
+                text = (f"-{g['delta']:.3f}\n{le}+{g['gap_steps']:.0f} st\n"
+                        f"{le}{g['gap_tokens']:.3g} tok")
             ax.annotate(text, (g["cold_step"], g["cold_loss"]), fontsize=6,
                         xytext=(2, -18), textcoords="offset points")
         ax.set_title(run, fontsize=9)
