@@ -18,14 +18,17 @@ Matched per-token budgets: every run trains WSD-S for cycles x cycle_steps = 384
 352/384, each scored on the set's full conservation table (3,000 rows, 1,000 bootstrap
 resamples).
 
-Time: the target is about 60 minutes on this 2-core machine. The estimate comes from the
-training speeds that configs/demo.py documents for an idle machine (caduceus_tiny, 64 x 4:
-~3k tokens/s; the 96 x 4 causal transformer: ~14k tokens/s) scaled to these sizes, since the
-machine was shared by other jobs (load average ~12) when this config was written: measured then
-(2026-11-29, 40-step train.py runs) SPEED_UNDER_LOAD. At those idle speeds the Caduceus runs take
-about 1.57M / 3k ~ 9 minutes each and the transformers 2-4 minutes each: ~40 minutes of training,
-plus compilation and 72 scorings of the table. Check the real figure in results.tsv's wall_s
-column after a run. Expect little signal: configs/demo.py notes that a model needs ~4M tokens to
+Time: the target is about 60 minutes on this 2-core machine. It has not been timed end to end
+here: when this config was written the machine was shared by other jobs (load average 12-14),
+and 30-40-step train.py runs of Caduceus-PS measured, in tokens/s after compilation (2026-11-29),
+d32: 473-589 and d128: 109-127, i.e. d128 about 4x slower per token than d32. configs/demo.py
+documents ~3k tokens/s for caduceus_tiny (64 x 4) and ~14k for a 96 x 4 causal transformer on
+an idle machine. Scaling the first by the measured 4x between widths gives roughly 6k / 3k /
+1.5k tokens/s for d32 / d64 / d128 at 3 layers, so the three Caduceus runs take about
+1.57M x (1/6k + 1/3k + 1/1.5k) s ~ 30 minutes; the six transformer runs, 2-5x faster per token,
+about 10-15 minutes; compilation and the 72 scorings of the table add the rest. This is an
+estimate, not a measurement: results.tsv's wall_s column gives the real figure after a run.
+Expect little signal: configs/demo.py notes that a model needs ~4M tokens to
 leave the base-composition plateau, more than this budget.
 """
 
