@@ -6,7 +6,11 @@ Two architectures (Caduceus-PS with the masked LM, the causal transformer with t
 rule), one toy size each (16 wide, 1 layer), three WSD-S cycles of 10 steps (hot at 8, 18,
 28; cold at 10, 20, 30), scored on the first 200 rows of the simulated set's full conservation table.
 The simulated `demo` set is generated inside OUT. The numbers it produces mean nothing: the
-models see 15k tokens. tests/test_sweep.py runs it end to end.
+models see 15k tokens. tests/test_sweep.py runs it end to end, then reruns it.
+
+Time: meant to take under 2 minutes on an idle machine, which has not been verified: on
+2026-11-29, with the 2 cores shared by other jobs (load average 12-14), the test (the sweep plus
+its rerun) took 482 s with a warm compilation cache and 643 s with a cold one.
 """
 
 from nanodna.sweep.config import Run, SweepConfig
