@@ -200,13 +200,16 @@ _eval_module = None
 
 def score_checkpoint(sweep: SweepConfig, step_dir: str, out_json: str, env: dict) -> dict:
     """eval.py's results.json for one checkpoint folder (reused if already written)."""
-    if os.path.exists(out_json):
+    if os.path.exists(out_json):  # scored before the sweep was stopped
         try:
             with open(out_json) as f:
                 return json.load(f)
         except json.JSONDecodeError:  # killed while writing: score again
             pass
-    argv = ["--checkpoint", step_dir, "--data", sweep.table, "--out", out_json,
+    # Paths as train.py sees them: relative ones are taken from the repository root.
+    table = sweep.table if os.path.isabs(sweep.table) else os.path.join(REPO_ROOT, sweep.table)
+    step_dir, out_json = os.path.abspath(step_dir), os.path.abspath(out_json)
+    argv = ["--checkpoint", step_dir, "--data", table, "--out", out_json,
             "--bootstrap", str(sweep.bootstrap), "--batch-size", str(sweep.eval_batch_size)]
     if sweep.max_rows is not None:
         argv += ["--max-rows", str(sweep.max_rows)]
