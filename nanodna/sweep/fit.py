@@ -4,8 +4,8 @@ Trend (a power law approaching a ceiling, as in compute-vs-downstream fits):
 
     AUC(C) = a - b * (C / C0)^(-c),   C0 = geometric mean of the fitted FLOPs (for conditioning)
 
-For each c on a log grid, (a, b) is an ordinary least-squares problem; the c with the smallest
-squared error wins. b is kept >= 0 (AUC does not fall with compute in this model); where the
+For each c on a log grid, (a, b) is an ordinary least-squares problem (a closed-form simple
+regression of AUC on (C/C0)^-c, all c at once); the c with the smallest squared error wins. b is kept >= 0 (AUC does not fall with compute in this model); where the
 unconstrained b would be negative the trend is flat (b = 0, a = mean). Numpy only.
 
 Compute to reach a target t (t < a, b > 0): C = C0 * ((a - t) / b)^(-1/c); otherwise never.
@@ -57,18 +57,14 @@ def fit_trend(flops, auc) -> Trend:
         raise ValueError(f"fit_trend needs >= {MIN_POINTS} distinct positive compute values, "
                          "matched to AUCs")
     C0 = float(np.exp(np.mean(np.log(C))))
-    logx = np.log(C / C0)
-    best, best_sse = None, math.inf
-    for c in C_GRID:
-        u = np.exp(-c * logx)  # (C/C0)^-c
-        A = np.stack([np.ones_like(u), -u], axis=1)
-        (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
-        if b < 0:
-            a, b = float(np.mean(y)), 0.0
-        sse = float(np.sum((a - b * u - y) ** 2))
-        if sse < best_sse - 1e-15:
-            best, best_sse = Trend(float(a), float(b), float(c), C0), sse
-    return best
+    U_GN = np.exp(-C_GRID[:, None] * np.log(C / C0)[None, :])  # (C/C0)^-c for every c on the grid
+    du_GN = U_GN - U_GN.mean(axis=1, keepdims=True)
+    slope_G = (du_GN @ (y - y.mean())) / np.sum(du_GN**2, axis=1)  # y ~ mean + slope (u - mean)
+    b_G = np.maximum(-slope_G, 0.0)  # AUC = a - b u; a negative b becomes a flat trend
+    a_G = np.where(slope_G < 0, y.mean() - slope_G * U_GN.mean(axis=1), y.mean())
+    sse_G = np.sum((a_G[:, None] - b_G[:, None] * U_GN - y[None, :]) ** 2, axis=1)
+    g = int(np.argmin(sse_G))
+    return Trend(float(a_G[g]), float(b_G[g]), float(C_GRID[g]), C0)
 
 
 def first_reached(flops, auc, target: float) -> float:
