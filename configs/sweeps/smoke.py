@@ -10,7 +10,7 @@ models see 15k tokens. tests/test_sweep.py runs it end to end, then reruns it.
 
 Time: meant to take under 2 minutes on an idle machine, which has not been verified: on
 2026-11-29, with the 2 cores shared by other jobs (load average 12-14), the test (the sweep plus
-its rerun) took 482 s with a warm compilation cache and 643 s with a cold one.
+its rerun) took 643 s with a cold compilation cache, then 482 s and 140 s with a warm one.
 """
 
 from nanodna.sweep.config import Run, SweepConfig
