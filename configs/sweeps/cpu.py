@@ -1,0 +1,73 @@
+"""CPU sweep on the embedded `demo` simulated set: three architectures x three sizes on WSD-S.
+
+    python -m nanodna.sweep --config configs/sweeps/cpu.py --out runs/sweep_cpu
+
+Architectures, each with its recipe (base configs hold the data and objective):
+    caduceus-ps      configs/demo_caduceus.py: Caduceus-PS (BiMamba + RCPS) with PlantCAD1's
+                     masked LM (15% of positions, 80/10/10, repeats weighted 0.1)
+    transformer-clm  configs/demo.py: causal Llama-style transformer, next-token loss, with the
+                     marin optimiser settings (REFERENCE.md: AdamW wd 0.1, betas (0.9, 0.95),
+                     clip 1.0; the learning rate stays the demo's 3e-3, since marin's 3e-4 was
+                     for a 600M model), scored with the four-allele causal rule (eval.py picks
+                     it for causal models)
+    transformer-mlm  configs/demo.py made bidirectional with the masked LM and reverse-complement
+                     augmentation (as configs/transformer_mlm_small.py does at l20 size)
+Sizes: widths 32, 64, 128 at 3 layers (about 4x the non-embedding parameters per step).
+Matched per-token budgets: every run trains WSD-S for cycles x cycle_steps = 384 steps of
+32 windows x 128 bp = 1.57M tokens, with hot/cold checkpoints at steps 96/128, 224/256 and
+352/384, each scored on the set's full conservation table (3,000 rows, 1,000 bootstrap
+resamples).
+
+Time: the target is about 60 minutes on this 2-core machine. It has not been timed end to end
+here: when this config was written the machine was shared by other jobs (load average 12-14).
+30-40-step train.py runs then measured, in tokens/s after compilation (2026-11-29):
+Caduceus-PS d32: 473-589, d128: 127-138; causal transformer d32: 3096-3978, d128: 1176-1343
+(so Caduceus is 6-10x slower per token, and d128 3-4x slower than d32). configs/demo.py
+documents ~3k tokens/s for caduceus_tiny (64 x 4) and ~14k for a 96 x 4 causal transformer on
+an idle machine. Scaling the first by the measured ratios gives roughly 6k / 3k / 1.5k tokens/s
+for Caduceus d32 / d64 / d128 at 3 layers: 1.57M x (1/6k + 1/3k + 1/1.5k) s ~ 30 minutes for
+the three Caduceus runs, and with the transformer 6-10x faster, about 5 minutes for each
+transformer architecture; compilation and the 72 scorings of the table add the rest. This is an
+estimate, not a measurement: results.tsv's wall_s column gives the real figure after a run.
+Expect little signal: configs/demo.py notes that a model needs ~4M tokens to leave the
+base-composition plateau, more than this budget.
+"""
+
+from nanodna.sweep.config import Run, SweepConfig
+
+WIDTHS = (32, 64, 128)
+LAYERS = 3
+HEADS = {32: 2, 64: 4, 128: 4}
+MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
+MLM = ("model.causal=False", "data.mode=mlm", "data.rc_augment=True")
+ARCHS = {
+    "caduceus-ps": ("configs/demo_caduceus.py", ()),
+    "transformer-clm": ("configs/demo.py", MARIN),
+    "transformer-mlm": ("configs/demo.py", MLM),
+}
+
+
+def runs(widths=WIDTHS) -> tuple[Run, ...]:
+    """The architecture x width grid (also used by configs/sweeps/arabidopsis.py)."""
+    out = []
+    for arch, (config, recipe) in ARCHS.items():
+        for d in widths:
+            size = [f"model.d_model={d}", f"model.n_layers={LAYERS}"]
+            if arch != "caduceus-ps":
+                size.append(f"model.n_heads={HEADS[d]}")
+            out.append(Run(f"{arch}_d{d}", arch, config, (*size, *recipe)))
+    return tuple(out)
+
+
+def get_sweep() -> SweepConfig:
+    return SweepConfig(
+        runs=runs(),
+        cycle_steps=128,
+        cycles=3,
+        decay_fraction=0.25,  # 32-step cooldowns; validation every 32 steps
+        table="data/sim_demo/eval/conservation.tsv",  # the full table (3,000 rows)
+        bootstrap=1000,
+        evaluator="inprocess",
+        extra_overrides=("simulate.dir=data/sim_demo", "optim.warmup_steps=30",
+                         "eval.val_batches=8", "train.tensorboard=False"),
+    )
