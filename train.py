@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
         cfg = apply_overrides(load_config(args.config), args.overrides)
         maybe_initialize_distributed(cfg.train.distributed)
         cfg = provision(cfg)
-        if cfg.eval.table:  # a bad table fails now, not at the first evaluation
+        if cfg.eval.score_table and cfg.eval.table:  # a bad table fails now, not mid-run
             load_table(cfg.eval.table, "conservation", cfg.eval.max_rows)
         print(format_config(cfg))
         print(f"workdir: {workdir}")
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
             build=lambda key: build_model(cfg.model, key),
             train_iter=lambda c: make_train_iterator(c.data, **process),
             eval_iter=lambda c: make_eval_iterator(c.data, **process),
-            evaluate_table=evaluate_table,
+            evaluate_table=evaluate_table if cfg.eval.score_table else None,
         )
     except UserError as e:
         return fail(e)

@@ -80,6 +80,7 @@ class EvalConfig:
     every: int = 2000  # steps between evaluations (0: only at the end)
     val_batches: int = 20  # batches of the held-out stream for the validation loss
     table: Optional[str] = None  # conservation table (None: the simulated set's small table)
+    score_table: bool = True  # score `table` during training (the sweep scores checkpoints itself)
     max_rows: Optional[int] = None  # score at most this many rows of the table (None: all)
     batch_size: int = 64  # windows per forward pass when scoring the table
     at_end: bool = True  # evaluate once more after the last step

@@ -40,10 +40,11 @@ LAYERS = 3
 HEADS = {32: 2, 64: 4, 128: 4}
 MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
 MLM = ("model.causal=False", "data.mode=mlm", "data.rc_augment=True")
+# Run order: the fast transformers first, so an interrupted sweep already has their curves.
 ARCHS = {
-    "caduceus-ps": ("configs/demo_caduceus.py", ()),
     "transformer-clm": ("configs/demo.py", MARIN),
     "transformer-mlm": ("configs/demo.py", MLM),
+    "caduceus-ps": ("configs/demo_caduceus.py", ()),
 }
 
 

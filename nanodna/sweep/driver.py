@@ -45,11 +45,6 @@ COLUMNS = ("run", "arch", "params", "nonembed_params", "step", "label", "tokens"
            "flops_6nd", "wall_s", "val_loss", "roc_auc", "roc_auc_lo", "roc_auc_hi", "auprc",
            "auprc_lo", "auprc_hi", "n")
 
-# train.py scores eval.table itself at every eval step; the sweep scores checkpoints with
-# eval.py instead (with bootstrap intervals), so it points the loop's table at a path that does
-# not exist, which the loop skips. (A config switch for this would be cleaner: see the report.)
-NO_LOOP_TABLE = "/nonexistent/nanodna-sweep-scores-checkpoints-with-eval.py"
-
 
 class SweepError(UserError):
     """A run or evaluation failed, or OUT holds a different sweep."""
@@ -99,7 +94,7 @@ def sweep_overrides(sweep: SweepConfig, run: Run) -> list[str]:
         f"train.log_every={every}",
         f"eval.every={every}",
         "eval.at_end=True",
-        f"eval.table={NO_LOOP_TABLE}",
+        "eval.score_table=False",  # the sweep scores every hot/cold checkpoint with eval.py
     ]
 
 
