@@ -102,12 +102,14 @@ def row_strategy(lengths):
     return st.lists(row(), min_size=1, max_size=5)
 
 
-# Context 12 (even): rows shorter (7, 10, 11), equal (12) and longer (13, 20, 27) than it.
-LENGTHS_12 = [7, 10, 11, 12, 13, 20, 27]
+# Context 12 (even): rows shorter (7), equal (12) and longer (13, 27) than it. Few distinct
+# window lengths (7, 12, 11): each one compiles once per model.
+LENGTHS_12 = [7, 12, 13, 27]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ARCHS))
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           derandomize=False)
 @given(rows=row_strategy(LENGTHS_12))
 def test_row_and_reverse_complement_score_alike(name, rows):
@@ -121,7 +123,7 @@ def test_odd_context_and_row_ends(name):
     model, cfg = model_for(name, 13)
     rng = np.random.default_rng()
     rows = []
-    for L in (5, 12, 13, 14, 30, 40):
+    for L in (5, 13, 14, 40):
         for p in {0, 1, L // 2 - 1, L // 2, L - 2, L - 1}:
             codes = rng.integers(0, 4, size=L).astype(np.uint8)
             rows.append((codes, p, (int(codes[p]) + 1) % 4))
