@@ -85,9 +85,11 @@ BAD_FASTA = {
     "no header": ([b"ACGT\nACGT\n"], "sequence before the first '>'"),
     "illegal": ([b">c1\nACGT\nAC#T\n"], r"x0.fa: record 'c1', line 3: illegal character '#'"),
     "truncated gzip": ([gzip.compress(b">c1\n" + _random_bases(5000))[:500]], "truncated gzip"),
-    "duplicate record": ([b">c1\nACGT\n>c1 again\nAC\n"], "duplicate record name 'c1'"),
-    "all N": ([b">c1\nACGT\n>c2\nNNNN\nnn\n"], "record 'c2' is all N"),
-    "empty record": ([b">c1\n>c2\nAC\n"], "record 'c1' has no sequence"),
+    "duplicate record": ([b">c1\nACGT\n>c1 again\nAC\n"],
+                         "x0.fa: line 3: duplicate record name 'c1'"),
+    "all N": ([b">c1\nACGT\n>c2\nNNNN\nnn\n"], "x0.fa: line 3: record 'c2' is all N"),
+    "empty record": ([b">c1\n>c2\nAC\n"], "x0.fa: line 1: record 'c1' has no sequence"),
+    "empty last record": ([b">c1\nAC\n>c2\n"], "x0.fa: line 3: record 'c2' has no sequence"),
     "duplicate assembly": ([b">c1\nACGT\n", b">c2\nACGT\n"], "duplicate assembly name 'x'"),
 }
 
