@@ -145,7 +145,10 @@ def test_cli_help(capsys):
 def test_cli_user_errors_exit_2_with_one_line(tmp_path):
     """Bad arguments or inputs: exit status 2 and one `error:` line on stderr, nothing else."""
     (tmp_path / "bad.fa").write_text(">c1\nAC!T\n")
+    (tmp_path / "a_file").write_text("")
     cases = [
+        ["simulate"],  # no --out
+        ["simulate", "--out", str(tmp_path / "a_file" / "sim")],  # cannot be made: OSError
         ["prepare", "--quiet", "--fasta", str(tmp_path / "missing.fa"), "--out", str(tmp_path / "s")],
         ["prepare", "--quiet", "--fasta", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "s")],
         ["prepare", "--quiet", "--table", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "s")],
