@@ -298,7 +298,8 @@ class WindowBatches:
         line = (
             f"{'train' if self.train else 'validation'} data: {sp.usable_fraction:.1%} of "
             f"{sp.total_bp:,} bp usable ({sp.usable_starts:,} {self.window}-bp windows with N "
-            f"fraction <= {self.cfg.max_n_frac}) in {len(sp.assemblies)} assemblies, "
+            f"fraction <= {self.cfg.max_n_frac}) in {len(sp.assemblies)} "
+            f"assembl{'y' if len(sp.assemblies) == 1 else 'ies'}, "
             f"{sp.n_used_chromosomes} of {sp.n_chromosomes} chromosomes"
         )
         if sp.skipped:
