@@ -238,15 +238,29 @@ def test_prepare_fasta_all_or_nothing(data):
 
 @st.composite
 def conservation_tables(draw):
-    """(header columns, rows) of a conservation table, some cells hostile."""
-    columns = draw(st.sampled_from([["sequence", "label"], ["sequence", "label", "pos"],
-                                    ["sequence"], ["label", "pos"], ["seq", "label"]]))
+    """(header columns, rows) of a conservation table. Most tables and rows are well formed
+    (so the parse is checked, not only the refusal); some columns or cells are hostile."""
+    columns = draw(st.sampled_from([["sequence", "label"]] * 3 + [["sequence", "label", "pos"]] * 3
+                                   + [["sequence"], ["label", "pos"], ["seq", "label"]]))
     rows = []
     for _ in range(draw(st.integers(0, 6))):
-        seq = draw(st.text(alphabet=SEQ_ALPHABET + "xZ!", min_size=0, max_size=12))
-        label = draw(st.sampled_from(["0", "1", "1.0", "true", "2", "-1", "yes", "", "0.5"]))
-        pos = draw(st.sampled_from([str(draw(st.integers(-2, 14))), "1.5", "x", ""]))
-        rows.append({"sequence": seq, "seq": seq, "label": label, "pos": pos})
+        seq = draw(st.text(alphabet="ACGTacgtN", min_size=1, max_size=12))
+        p = draw(st.integers(0, len(seq) - 1))
+        seq = seq[:p] + draw(st.sampled_from("ACGTacgt")) + seq[p + 1 :]
+        if "pos" not in columns:  # the centre convention
+            seq = seq[: default_pos(len(seq))] + "A" + seq[default_pos(len(seq)) + 1 :] \
+                if default_pos(len(seq)) >= 0 else seq
+        row = {"sequence": seq, "seq": seq, "label": draw(st.sampled_from(["0", "1"])),
+               "pos": str(p)}
+        if draw(st.integers(0, 3)) == 0:  # one hostile cell
+            field = draw(st.sampled_from(["sequence", "label", "pos"]))
+            row[field] = draw({
+                "sequence": st.text(alphabet=SEQ_ALPHABET + "xZ!", max_size=12),
+                "label": st.sampled_from(["2", "-1", "yes", "", "0.5", "1.0", "true"]),
+                "pos": st.sampled_from(["-1", "99", "1.5", "x", "", "0.0"]),
+            }[field])
+            row["seq"] = row["sequence"]
+        rows.append(row)
     return columns, rows
 
 
@@ -349,7 +363,7 @@ def test_variant_table_reader(rows):
         shutil.rmtree(tmp)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(conservation_tables())
 def test_eval_cli_hostile_tables_exit_2_one_line_no_output(table):
     """eval.py refuses a bad table (or, past it, the missing checkpoint) with exit 2 and one

@@ -21,12 +21,12 @@ from nanodna.evaluation.tables import EvalTable
 from nanodna.models import ModelConfig, build_model
 
 TOL = 1e-5
-SMALL = dict(d_model=16, n_layers=2, d_state=4, n_heads=2, d_ff=32)
+SMALL = {"d_model": 16, "n_layers": 2, "d_state": 4, "n_heads": 2, "d_ff": 32}
 ARCHS = {
-    "caduceus-ps": dict(arch="caduceus", rcps=True),
-    "caduceus-ph": dict(arch="caduceus", rcps=False),
-    "transformer-mlm": dict(arch="transformer", causal=False),
-    "transformer-clm": dict(arch="transformer", causal=True),
+    "caduceus-ps": {"arch": "caduceus", "rcps": True},
+    "caduceus-ph": {"arch": "caduceus", "rcps": False},
+    "transformer-mlm": {"arch": "transformer", "causal": False},
+    "transformer-clm": {"arch": "transformer", "causal": True},
 }
 SCALE = 4.0  # embeddings and projection weights times this: logits far from uniform
 
@@ -36,7 +36,7 @@ def scaled(model, scale=SCALE):
 
     def f(path, leaf):
         name = jax.tree_util.keystr(path)
-        hit = name.endswith(".embed") or name.endswith(".weight") or "emb" in name.split(".")[-1]
+        hit = name.endswith((".embed", ".weight")) or "emb" in name.split(".")[-1]
         return leaf * scale if hit and eqx.is_inexact_array(leaf) else leaf
 
     return jax.tree_util.tree_map_with_path(f, model)

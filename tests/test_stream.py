@@ -292,7 +292,7 @@ def test_genome_without_a_valid_window_refuses_at_start(gappy_store):
 
 
 def test_startup_summary_reports_the_usable_genome(gappy_store):
-    store_dir, genomes = gappy_store
+    store_dir, _ = gappy_store
     it = make_train_iterator(config(store_dir, seq_len=256, max_n_frac=0.1))
     line = it.batches.summary()
     assert "\n" not in line and "usable" in line and "256-bp" in line

@@ -129,7 +129,8 @@ def read_fasta(path: str, progress: Callable[[int], None] | None = None) -> Iter
         return Piece(record, name, np.frombuffer(ids, np.uint8), np.frombuffer(repeat, bool))
 
     chunks = _unix_line_ends(read_chunks(path, progress))
-    for chunk in _with_end_marker(chunks, lambda: line, path):
+    # the lambda reads `line` when a gzip error surfaces: the line the parser had reached
+    for chunk in _with_end_marker(chunks, lambda: line, path):  # noqa: B023
         at_eof = chunk is None
         block = pending + (chunk or b"")
         pending = b""
