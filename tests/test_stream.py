@@ -9,7 +9,9 @@ from test_fasta import fasta_text, random_seq
 
 from nanodna import tokenizer
 from nanodna.data import DataError, prepare
+from nanodna.data import stream
 from nanodna.data.batch import Batch
+from nanodna.data.genome import Chromosome
 from nanodna.data.stream import DataConfig, make_eval_iterator, make_train_iterator
 
 L = 32
@@ -297,3 +299,27 @@ def test_startup_summary_reports_the_usable_genome(gappy_store):
     line = it.batches.summary()
     assert "\n" not in line and "usable" in line and "256-bp" in line
     assert "1 of 2 chromosomes" in line and "mostlyN" not in line.split("skipped")[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 24])
+def test_valid_runs_match_a_brute_force_count(monkeypatch, chunk):
+    # The chunked scan must give the same valid starts as counting N in every window.
+    monkeypatch.setattr(stream, "_SCAN_CHUNK", chunk)
+    rng = np.random.default_rng()
+    for _ in range(5):
+        n, W, frac = int(rng.integers(20, 300)), int(rng.integers(1, 20)), rng.random() * 0.5
+        ids = tokenizer.ACGT[rng.integers(0, 4, n)].astype(np.uint8)
+        for _ in range(int(rng.integers(0, 6))):  # N gaps of random sizes
+            a = int(rng.integers(0, n))
+            ids[a : a + int(rng.integers(1, 30))] = tokenizer.UNK
+        pad = int(rng.integers(0, 5))  # the chromosome sits at an offset in its assembly
+        tokens = np.concatenate([np.full(pad, tokenizer.A, np.uint8), ids])
+        c = Chromosome("a", "c", pad, n, float(np.mean(ids == tokenizer.UNK)), 0.0)
+        first, count = stream.valid_runs(tokens, c, W, frac)
+        got = np.zeros(max(n - W + 1, 0), bool)
+        for f, k in zip(first, count):
+            assert k > 0
+            got[f - pad : f - pad + k] = True
+        expected = np.array([(ids[s : s + W] == tokenizer.UNK).sum() <= frac * W
+                             for s in range(n - W + 1)], bool)
+        np.testing.assert_array_equal(got, expected)

@@ -76,14 +76,20 @@ def valid_runs(
     few_n = round(chrom.n_frac * chrom.length) <= max_n_frac * window
     if tokens is None or max_n_frac >= 1.0 or few_n:  # no window can fail
         return np.array([chrom.offset], np.int64), np.array([n_starts], np.int64)
-    ok = np.empty(n_starts, bool)
+    firsts, stops = [], []
+    prev_ok = False  # validity of the start just before the chunk
     for b in range(0, n_starts, _SCAN_CHUNK):
         e = min(b + _SCAN_CHUNK, n_starts)
         seg = np.asarray(tokens[chrom.offset + b : chrom.offset + e + window - 1])
-        cum = np.concatenate([[0], np.cumsum(seg == tokenizer.UNK, dtype=np.int64)])
-        ok[b:e] = cum[window:] - cum[:-window] <= max_n_frac * window
-    edges = np.diff(ok.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
-    first, stop = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        cum = np.concatenate([[0], np.cumsum(seg == tokenizer.UNK, dtype=np.int32)])
+        ok = cum[window:] - cum[:-window] <= max_n_frac * window  # starts b .. e-1
+        edges = np.diff(ok.astype(np.int8), prepend=np.int8(prev_ok))
+        firsts.append(b + np.flatnonzero(edges == 1))  # a run of valid starts begins
+        stops.append(b + np.flatnonzero(edges == -1))  # ... and ends (exclusive)
+        prev_ok = bool(ok[-1])
+    if prev_ok:
+        stops.append(np.array([n_starts]))
+    first, stop = np.concatenate(firsts), np.concatenate(stops)
     return chrom.offset + first.astype(np.int64), (stop - first).astype(np.int64)
 
 
