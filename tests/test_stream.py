@@ -8,8 +8,7 @@ import pytest
 from test_fasta import fasta_text, random_seq
 
 from nanodna import tokenizer
-from nanodna.data import DataError, prepare
-from nanodna.data import stream
+from nanodna.data import DataError, prepare, stream
 from nanodna.data.batch import Batch
 from nanodna.data.genome import Chromosome
 from nanodna.data.stream import DataConfig, make_eval_iterator, make_train_iterator
