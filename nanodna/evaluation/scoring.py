@@ -30,6 +30,7 @@ or max_len - 1 when max_len is even), centred on the target and pushed inside th
 ends. An odd window has a true centre, so the window of a row and the window of its reverse
 complement cover the same base pairs (`context_window`); an even window would put the target
 one base off centre, on a different side on each strand.
+
 Windows are scored in fixed-size batches, grouped by length, the last batch padded: one
 compilation per distinct length, whatever the table size. A model whose arrays live on a
 device mesh (as during training) has its batches split over that mesh.
