@@ -4,8 +4,8 @@
         --out runs/demo/eval/results.json
 
 --checkpoint is a training workdir (its latest checkpoint) or one step's folder. Writes
-results.json (ROC AUC, AUPRC with bootstrap 95% intervals, n, step, arch, speed), scores.tsv
-and roc.png / hist.png beside it. The logic lives in nanodna.evaluation; this file only parses
+results.json (ROC AUC, AUPRC with bootstrap 95% intervals, n, step, arch, speed, strand mode),
+scores.tsv and roc.png / hist.png beside it. The logic lives in nanodna.evaluation; this file only parses
 the command line. A bad table or checkpoint path (any nanodna.errors.UserError) ends with one
 `error: ...` line on stderr and exit code 2.
 """
@@ -15,7 +15,7 @@ import logging
 import sys
 
 from nanodna.errors import UserError, fail
-from nanodna.evaluation import report, tables
+from nanodna.evaluation import metrics, report, tables
 
 
 def main(argv=None) -> int:
@@ -40,22 +40,20 @@ def main(argv=None) -> int:
 
     if args.batch_size < 1:
         p.error("--batch-size must be >= 1")
+    if args.bootstrap < 0:
+        p.error("--bootstrap must be >= 0")
     # Orbax logs its read-only restore settings as warnings through absl: not news to a user.
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         table = tables.read_table(args.data, args.task, args.max_rows)  # before the model loads
+        if table.label_R is not None:  # one label class has no AUC: say so before any work
+            metrics.check_labels(table.label_R)
         results = report.evaluate_checkpoint(
             args.checkpoint, table, args.out, args.batch_size, args.bootstrap, args.seed
         )
     except UserError as e:
         return fail(e)
-    if "roc_auc" in results:
-        lo, hi = results.get("roc_auc_ci", (float("nan"), float("nan")))
-        print(
-            f"roc_auc {results['roc_auc']:.4f} [{lo:.4f}, {hi:.4f}]  auprc {results['auprc']:.4f}",
-            end="  ",
-        )
-    print(f"n {results['n']}  step {results['step']}  {results['windows_per_s']:.1f} windows/s")
+    print(report.summary_line(results))
     print(f"wrote {args.out}")
     return 0
 

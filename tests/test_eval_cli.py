@@ -84,6 +84,7 @@ def test_evaluate_model_writes_outputs(tmp_path, rng, model):
         on_disk["windows_per_s"] > 0
         and on_disk["rule"] == "masked"
         and not on_disk["strand_average"]
+        and on_disk["strand_mode"] == "equivariant"  # Caduceus-PS: one pass, both strands
     )
     lines = (tmp_path / "res" / "scores.tsv").read_text().splitlines()
     header = lines[0].split("\t")
@@ -129,6 +130,54 @@ def test_cli_bad_table_is_one_line_exit_2(tmp_path):
         r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ") and "row 1" in r.stderr
     )
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_single_class_fails_before_any_work(tmp_path):
+    # The label check runs before the checkpoint loads (the checkpoint here does not even
+    # exist: the error names the labels, not the checkpoint), and writes nothing.
+    (tmp_path / "one.tsv").write_text("sequence\tlabel\nACGTACGT\t1\nACGTTCGT\t1\n")
+    out = tmp_path / "eval" / "r.json"
+    r = run_cli("--checkpoint", tmp_path / "nope", "--data", tmp_path / "one.tsv", "--out", out)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "both classes" in r.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+class Spy(eqx.Module):
+    calls: list
+
+    def __call__(self, tokens_BL):
+        self.calls.append(tokens_BL.shape)
+        return jnp.zeros(tokens_BL.shape + (tokenizer.VOCAB_SIZE,))
+
+
+def test_evaluate_model_single_class_scores_nothing_writes_nothing(tmp_path):
+    (tmp_path / "one.tsv").write_text("sequence\tlabel\nACGTACGT\t0\nACGTTCGT\t0\n")
+    spy = Spy([])
+    cfg = ModelConfig(arch="transformer", causal=False, max_len=16)
+    with pytest.raises(metrics.MetricsError, match="both classes"):
+        report.evaluate_model(spy, cfg, read_table(tmp_path / "one.tsv"),
+                              str(tmp_path / "eval" / "r.json"))
+    assert spy.calls == [] and not (tmp_path / "eval").exists()
+
+
+def test_summary_line_without_bootstrap_has_no_interval():
+    base = {"roc_auc": 0.7, "auprc": 0.6, "n": 10, "step": 3, "windows_per_s": 5.0,
+            "strand_mode": "average"}
+    line = report.summary_line(base)
+    assert "nan" not in line and "[" not in line and "roc_auc 0.7000" in line
+    assert "[0.6000, 0.8000]" in report.summary_line({**base, "roc_auc_ci": [0.6, 0.8]})
+    assert "roc_auc" not in report.summary_line({k: v for k, v in base.items()
+                                                if k not in ("roc_auc", "auprc")})
+
+
+def test_no_bootstrap_no_interval_in_results(tmp_path, rng, model):
+    cfg = ModelConfig(arch="caduceus", rcps=True, max_len=32)
+    table = read_table(write_table(tmp_path / "t.tsv", rng, n=12))
+    res = report.evaluate_model(model, cfg, table, str(tmp_path / "r.json"), bootstrap=0)
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    assert not any("_ci" in k for k in on_disk) and "bootstrap" not in on_disk
+    assert "roc_auc" in res and "nan" not in json.dumps(on_disk).lower()
 
 
 def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, rng):

@@ -132,3 +132,42 @@ def test_read_chunks_bounds_output_of_compressible_data(tmp_path, monkeypatch):
 )
 def test_assembly_name_from_path(path, name):
     assert fasta.assembly_name_from_path(path) == name
+
+
+@pytest.mark.parametrize("ends", ["\r", "\r\n", "mixed"])
+@pytest.mark.parametrize("read_bytes", [1, 3, 1 << 20])
+def test_cr_crlf_and_mixed_line_ends_read_alike(tmp_path, monkeypatch, records, ends, read_bytes):
+    # Issue 13: a FASTA with old Mac line ends (CR only) read as one long header line, then
+    # "record 'chr1' has no sequence". Every line end is a line end now.
+    monkeypatch.setattr(fasta, "READ_BYTES", read_bytes)
+    lines = fasta_text(records, width=23).split("\n")[:-1]
+    rng = np.random.default_rng()
+    if ends == "mixed":
+        seps = rng.choice(["\n", "\r", "\r\n"], size=len(lines))
+    else:
+        seps = [ends] * len(lines)
+    path = tmp_path / "mac.fa"
+    path.write_bytes("".join(t + e for t, e in zip(lines, seps)).encode())
+    assert collect(path) == dict(records)
+
+
+def test_cr_only_errors_name_the_right_line(tmp_path):
+    path = tmp_path / "mac.fa"
+    path.write_bytes(b">c1\rACGT\rAC!T\r")
+    with pytest.raises(DataError, match=r"record 'c1', line 3: illegal character '!'"):
+        collect(path)
+
+
+def test_truncated_gzip_names_the_line_reached(tmp_path, records):
+    data = gzip.compress(fasta_text(records).encode())
+    path = tmp_path / "t.fa.gz"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"truncated gzip .*after line \d+"):
+        collect(path)
+
+
+def test_header_pieces_carry_their_line(tmp_path):
+    path = tmp_path / "x.fa"
+    path.write_bytes(b">a\nACGT\nAC\n\n>b desc\r\nAAA\r>c\rC\n")
+    heads = [(p.name, p.line) for p in fasta.read_fasta(str(path)) if len(p.ids_L) == 0]
+    assert heads == [("a", 1), ("b", 5), ("c", 7)]

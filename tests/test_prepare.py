@@ -85,9 +85,11 @@ BAD_FASTA = {
     "no header": ([b"ACGT\nACGT\n"], "sequence before the first '>'"),
     "illegal": ([b">c1\nACGT\nAC#T\n"], r"x0.fa: record 'c1', line 3: illegal character '#'"),
     "truncated gzip": ([gzip.compress(b">c1\n" + _random_bases(5000))[:500]], "truncated gzip"),
-    "duplicate record": ([b">c1\nACGT\n>c1 again\nAC\n"], "duplicate record name 'c1'"),
-    "all N": ([b">c1\nACGT\n>c2\nNNNN\nnn\n"], "record 'c2' is all N"),
-    "empty record": ([b">c1\n>c2\nAC\n"], "record 'c1' has no sequence"),
+    "duplicate record": ([b">c1\nACGT\n>c1 again\nAC\n"],
+                         "x0.fa: line 3: duplicate record name 'c1'"),
+    "all N": ([b">c1\nACGT\n>c2\nNNNN\nnn\n"], "x0.fa: line 3: record 'c2' is all N"),
+    "empty record": ([b">c1\n>c2\nAC\n"], "x0.fa: line 1: record 'c1' has no sequence"),
+    "empty last record": ([b">c1\nAC\n>c2\n"], "x0.fa: line 3: record 'c2' has no sequence"),
     "duplicate assembly": ([b">c1\nACGT\n", b">c2\nACGT\n"], "duplicate assembly name 'x'"),
 }
 
@@ -143,7 +145,10 @@ def test_cli_help(capsys):
 def test_cli_user_errors_exit_2_with_one_line(tmp_path):
     """Bad arguments or inputs: exit status 2 and one `error:` line on stderr, nothing else."""
     (tmp_path / "bad.fa").write_text(">c1\nAC!T\n")
+    (tmp_path / "a_file").write_text("")
     cases = [
+        ["simulate"],  # no --out
+        ["simulate", "--out", str(tmp_path / "a_file" / "sim")],  # cannot be made: OSError
         ["prepare", "--quiet", "--fasta", str(tmp_path / "missing.fa"), "--out", str(tmp_path / "s")],
         ["prepare", "--quiet", "--fasta", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "s")],
         ["prepare", "--quiet", "--table", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "s")],

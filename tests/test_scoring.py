@@ -22,7 +22,7 @@ MLM_CFG = ModelConfig(
     arch="transformer", causal=False, max_len=64
 )  # not RC-equivariant: strand average
 PS_CFG = ModelConfig(arch="caduceus", rcps=True, max_len=64)  # Caduceus-PS: one strand
-CLM_CFG = ModelConfig(arch="transformer", causal=True, max_len=64)
+CLM_CFG = ModelConfig(arch="transformer", causal=True, max_len=64)  # both strands too
 
 
 class ConvLM(eqx.Module):
@@ -193,26 +193,42 @@ def test_strand_average_matches_hand_computation(rng, key):
     assert not np.allclose(scoring.score_table(model, PS_CFG, table).score_R, got.score_R)
 
 
+def causal_lp(model, ids, p):
+    """Hand four-allele rule on one strand."""
+    L = len(ids)
+    ll = []
+    for allele in tokenizer.ACGT:
+        x = ids.astype(np.int32).copy()
+        x[p] = allele
+        logp = log_softmax(np.asarray(model(jnp.asarray(x)[None]))[0])
+        # the whole sequence's next-token log-likelihood (all positions, not only >= pos)
+        ll.append(sum(logp[t - 1, x[t]] for t in range(1, L)))
+    return log_softmax(np.array(ll))
+
+
 def test_causal_four_allele_rule(rng, key):
     model = ConvLM(key, causal=True)
     L = 14
     table = make_table(random_seqs(rng, 5, L), pos=[0, L - 1] + list(rng.integers(0, L, size=3)))
+    one = scoring.score_table(model, CLM_CFG, table, batch_size=2, strand_average=False)
     got = scoring.score_table(model, CLM_CFG, table, batch_size=2)
-    assert got.rule == "causal" and not got.strand_average
+    assert one.rule == got.rule == "causal" and one.strand_mode == "forward"
+    assert got.strand_average and got.strand_mode == "average"
     for i in range(5):
-        ll = []
-        for allele in tokenizer.ACGT:
-            x = table.ids[i].astype(np.int32).copy()
-            x[table.pos_R[i]] = allele
-            logp = log_softmax(np.asarray(model(jnp.asarray(x)[None]))[0])
-            # the whole sequence's next-token log-likelihood (all positions, not only >= pos)
-            ll.append(sum(logp[t - 1, x[t]] for t in range(1, L)))
-        lp = log_softmax(np.array(ll))
-        np.testing.assert_allclose(got.log_probs_RK[i], lp, rtol=1e-4, atol=1e-4)
+        x, p = table.ids[i], int(table.pos_R[i])
+        lp = causal_lp(model, x, p)
+        np.testing.assert_allclose(one.log_probs_RK[i], lp, rtol=1e-4, atol=1e-4)
+        # both strands: the same strand mean of allele log-probabilities as the masked rule
+        lp_rc = causal_lp(model, tokenizer.reverse_complement(x), L - 1 - p)[::-1]
+        expected = log_softmax((lp + lp_rc) / 2)
+        np.testing.assert_allclose(got.log_probs_RK[i], expected, rtol=1e-4, atol=1e-4)
 
 
-def test_long_rows_are_windowed_around_the_target(rng):
-    max_len, L = 16, 40
+@pytest.mark.parametrize("max_len", [16, 15])
+def test_long_rows_are_windowed_around_the_target(rng, max_len):
+    L = 40
+    w = max_len if max_len % 2 else max_len - 1  # cropped to an odd window: a true centre
+    c = w // 2
     cfg = ModelConfig(arch="caduceus", rcps=True, max_len=max_len)
     pos = [20, 3, 38, default_pos(L)]
     table = make_table(random_seqs(rng, 4, L) + random_seqs(rng, 1, 9), pos=pos + [default_pos(9)])
@@ -220,28 +236,39 @@ def test_long_rows_are_windowed_around_the_target(rng):
     lp = got.log_probs_RK.astype(np.float64)
     seen_index = np.round((lp[:, 0] - lp[:, 2]) / 0.01).astype(int)
     seen_length = np.round((lp[:, 1] - lp[:, 2]) / 0.01).astype(int)
-    c = default_pos(max_len)
     # centred when it fits, else the window is clipped at the row's start / end
-    expected = [c, 3, 38 - (L - max_len), c, default_pos(9)]
+    expected = [c, 3, 38 - (L - w), c, default_pos(9)]
     np.testing.assert_array_equal(seen_index, expected)
     np.testing.assert_array_equal(got.window_pos_R, expected)
-    np.testing.assert_array_equal(seen_length, [max_len] * 4 + [9])  # short rows as they are
-    assert scoring.context_window(L, 20, max_len) == (20 - c, 20 - c + max_len)
+    np.testing.assert_array_equal(seen_length, [w] * 4 + [9])  # short rows as they are
+    assert scoring.context_window(L, 20, max_len) == (20 - c, 20 - c + w)
+
+
+@pytest.mark.parametrize("max_len", [16, 15])
+def test_crop_window_is_the_same_on_both_strands(max_len):
+    # The fault of issue 13: a centre crop at max_len//2 - 1 on both strands scored a row and
+    # its reverse complement on windows one base apart.
+    for L in (max_len + 1, max_len + 2, 3 * max_len + 1):
+        for p in range(L):
+            start, stop = scoring.context_window(L, p, max_len)
+            assert start <= p < stop and stop - start <= max_len
+            assert scoring.context_window(L, L - 1 - p, max_len) == (L - stop, L - start)
 
 
 @pytest.mark.parametrize("cfg", [PS_CFG, CLM_CFG], ids=["masked", "causal"])
 def test_variant_llr_sign(rng, cfg):
     bias_V = np.zeros(V, np.float32)
-    bias_V[tokenizer.G] = 2.0  # the model prefers G everywhere
+    # The model prefers G and C everywhere, on both strands (so strand averaging keeps it).
+    bias_V[tokenizer.G] = bias_V[tokenizer.C] = 2.0
     model = Bias(jnp.asarray(bias_V))
     seqs, pos, alts = [], [], []
-    for ref, alt in [("A", "G"), ("G", "T"), ("C", "G"), ("G", "A"), ("T", "C")]:
+    for ref, alt in [("A", "G"), ("G", "T"), ("C", "A"), ("G", "A"), ("T", "C")]:
         s = list(random_seqs(rng, 1, 11)[0])
         s[5] = ref
         seqs.append("".join(s)), pos.append(5), alts.append(alt)
     table = make_table(seqs, pos=pos, alts=alts)
     got = scoring.score_table(model, cfg, table, batch_size=4)
-    np.testing.assert_array_equal(got.score_R > 0, [a == "G" for a in alts])
+    np.testing.assert_array_equal(got.score_R > 0, [a in "GC" for a in alts])
     if cfg is PS_CFG:  # masked: log p(alt) - log p(ref) = bias difference
         expected = [
             bias_V[tokenizer.encode(a)[0][0]] - bias_V[tokenizer.encode(s[5])[0][0]]

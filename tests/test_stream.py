@@ -8,8 +8,9 @@ import pytest
 from test_fasta import fasta_text, random_seq
 
 from nanodna import tokenizer
-from nanodna.data import DataError, prepare
+from nanodna.data import DataError, prepare, stream
 from nanodna.data.batch import Batch
+from nanodna.data.genome import Chromosome
 from nanodna.data.stream import DataConfig, make_eval_iterator, make_train_iterator
 
 L = 32
@@ -223,3 +224,101 @@ def test_several_stores(store, tmp_path):
         assert w in seq.upper()
     with pytest.raises(DataError, match="assembly 'asmA' is in two stores"):
         make_train_iterator(config((store_dir, store_dir)))
+
+
+def gappy_scaffold(rng, length=54_000, seg=290, gap=560):
+    """A draft scaffold: clean runs of `seg` bp between N gaps of `gap` bp. With 256-bp windows
+    and max_n_frac=0.1 only a few percent of window starts pass the N filter."""
+    parts = []
+    while sum(map(len, parts)) < length:
+        parts += [random_seq(rng, seg), "N" * gap]
+    return "".join(parts)[:length]
+
+
+def valid_start_fraction(seq, W, max_n_frac):
+    is_n = np.frombuffer(seq.upper().encode(), np.uint8) == ord("N")
+    cum = np.concatenate([[0], np.cumsum(is_n)])
+    return float(np.mean(cum[W:] - cum[:-W] <= max_n_frac * W))
+
+
+@pytest.fixture(scope="module")
+def gappy_store(tmp_path_factory):
+    rng = np.random.default_rng()
+    tmp = tmp_path_factory.mktemp("gappy")
+    genomes = {"draft": {"scaffold1": gappy_scaffold(rng), "mostlyN": "N" * 2990 + "ACGTACGTAC"}}
+    (tmp / "draft.fa").write_text(fasta_text(list(genomes["draft"].items())))
+    prepare.prepare_fasta([str(tmp / "draft.fa")], str(tmp / "store"), progress=False)
+    return str(tmp / "store"), genomes
+
+
+def test_gappy_genome_streams_without_dying_and_deterministically(gappy_store):
+    # Issue 13, fault 4: windows were redrawn up to 100 times, so a genome where few windows
+    # pass max_n_frac died mid-run with "found no window ... in 100 draws". Now the stream
+    # samples only valid windows: 2000 batches, every window within the N limit.
+    store_dir, genomes = gappy_store
+    seq = genomes["draft"]["scaffold1"]
+    frac = valid_start_fraction(seq, 256, 0.1)
+    assert 0.03 < frac < 0.12, frac  # like the 54-kbp draft scaffold of the issue
+    cfg = config(store_dir, seq_len=256, batch_size=16, max_n_frac=0.1)
+    it = make_train_iterator(cfg)
+    assert it.batches.sampler.usable_fraction == pytest.approx(
+        frac * (len(seq) - 255) / (len(seq) - 255 + 3000 - 255), rel=1e-9)
+    digest = []
+    for i in range(2000):
+        b = next(it)
+        assert ((b.targets_BL == tokenizer.UNK).sum(axis=1) <= 0.1 * 256).all()
+        digest.append(int(np.asarray(b.targets_BL, np.int64).sum()))
+        if i == 999:
+            state = it.get_state()
+    again = make_train_iterator(cfg)
+    again.set_state(state)
+    assert [int(np.asarray(next(again).targets_BL, np.int64).sum()) for _ in range(5)] == \
+        digest[1000:1005]
+    first = make_train_iterator(cfg)
+    assert [int(np.asarray(next(first).targets_BL, np.int64).sum()) for _ in range(5)] == \
+        digest[:5]
+
+
+def test_genome_without_a_valid_window_refuses_at_start(gappy_store):
+    store_dir, _ = gappy_store
+    cfg = config(store_dir, seq_len=256, max_n_frac=0.1, holdout_chromosomes=("scaffold1",))
+    with pytest.raises(DataError) as e:
+        make_train_iterator(cfg)  # at build time, before any batch is asked for
+    msg = str(e.value)
+    assert "\n" not in msg and "no window with N fraction" in msg and "max_n_frac" in msg
+    # the validation stream of a mostly-N holdout refuses the same way
+    cfg = config(store_dir, seq_len=256, max_n_frac=0.1, holdout_chromosomes=("mostlyN",))
+    with pytest.raises(DataError, match="no window with N fraction"):
+        make_eval_iterator(cfg)
+
+
+def test_startup_summary_reports_the_usable_genome(gappy_store):
+    store_dir, _ = gappy_store
+    it = make_train_iterator(config(store_dir, seq_len=256, max_n_frac=0.1))
+    line = it.batches.summary()
+    assert "\n" not in line and "usable" in line and "256-bp" in line
+    assert "1 of 2 chromosomes" in line and "mostlyN" not in line.split("skipped")[0]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 24])
+def test_valid_runs_match_a_brute_force_count(monkeypatch, chunk):
+    # The chunked scan must give the same valid starts as counting N in every window.
+    monkeypatch.setattr(stream, "_SCAN_CHUNK", chunk)
+    rng = np.random.default_rng()
+    for _ in range(5):
+        n, W, frac = int(rng.integers(20, 300)), int(rng.integers(1, 20)), rng.random() * 0.5
+        ids = tokenizer.ACGT[rng.integers(0, 4, n)].astype(np.uint8)
+        for _ in range(int(rng.integers(0, 6))):  # N gaps of random sizes
+            a = int(rng.integers(0, n))
+            ids[a : a + int(rng.integers(1, 30))] = tokenizer.UNK
+        pad = int(rng.integers(0, 5))  # the chromosome sits at an offset in its assembly
+        tokens = np.concatenate([np.full(pad, tokenizer.A, np.uint8), ids])
+        c = Chromosome("a", "c", pad, n, float(np.mean(ids == tokenizer.UNK)), 0.0)
+        first, count = stream.valid_runs(tokens, c, W, frac)
+        got = np.zeros(max(n - W + 1, 0), bool)
+        for f, k in zip(first, count):
+            assert k > 0
+            got[f - pad : f - pad + k] = True
+        expected = np.array([(ids[s : s + W] == tokenizer.UNK).sum() <= frac * W
+                             for s in range(n - W + 1)], bool)
+        np.testing.assert_array_equal(got, expected)

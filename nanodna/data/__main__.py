@@ -123,13 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "simulate":
-        return simulate.main(argv[1:])
     try:
+        if argv and argv[0] == "simulate":
+            return simulate.main(argv[1:])
         args = build_parser().parse_args(argv)
         args.run(args)
     except UserError as e:
         return fail(e)
+    except OSError as e:  # an output folder that cannot be made, a full disk: the user's to fix
+        return fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

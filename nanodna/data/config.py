@@ -20,7 +20,7 @@ class DataConfig:
     mode: str = "mlm"  # "mlm" (masked, bidirectional models) or "clm" (causal next-token)
     # Sampling weight per assembly name; None = proportional to size. Unlisted ones are skipped.
     assembly_weights: dict[str, float] | None = None
-    max_n_frac: float = 0.1  # redraw windows with more unknown bases than this (all-N -> NaN loss)
+    max_n_frac: float = 0.1  # windows with more unknown bases are never drawn (all-N -> NaN loss)
     rc_augment: bool = False  # reverse-complement half the windows (Caduceus-Ph; not needed for PS)
     mask_prob: float = 0.15  # MLM: share of (non-pad, non-unk) positions selected for loss
     mask_frac: float = 0.8  # MLM: of the selected, share replaced by [MASK] ...

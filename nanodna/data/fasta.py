@@ -7,7 +7,9 @@ that also drop the newlines. Everything per base runs in C; Python touches only 
 
 A record's name is the first word of its header line (`>NC_003070.9 Arabidopsis ...` gives
 `NC_003070.9`). Whitespace inside sequence lines is ignored; any other byte that is not a
-base or an IUPAC code is an error that names the file, the record and the line.
+base or an IUPAC code is an error that names the file, the record and the line. Line ends may
+be LF, CRLF or old Mac CR, even mixed: each of them ends a line (so line numbers count them).
+Every error names the file and, where the fault has one, the line.
 
 Glossary: L length of one sequence piece.
 """
@@ -62,6 +64,7 @@ class Piece(NamedTuple):
     name: str  # first word of the header
     ids_L: UInt8[np.ndarray, " L"]
     repeat_L: Bool[np.ndarray, " L"]  # lowercase (soft-masked) bases
+    line: int = 0  # 1-based line of the record's header (header pieces; 0 = unknown)
 
 
 def read_chunks(path: str, progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
@@ -125,8 +128,9 @@ def read_fasta(path: str, progress: Callable[[int], None] | None = None) -> Iter
         repeat = segment.translate(_LOWER_TABLE, _WHITESPACE)
         return Piece(record, name, np.frombuffer(ids, np.uint8), np.frombuffer(repeat, bool))
 
-    chunks = read_chunks(path, progress)
-    for chunk in _with_end_marker(chunks):
+    chunks = _unix_line_ends(read_chunks(path, progress))
+    # the lambda reads `line` when a gzip error surfaces: the line the parser had reached
+    for chunk in _with_end_marker(chunks, lambda: line, path):  # noqa: B023
         at_eof = chunk is None
         block = pending + (chunk or b"")
         pending = b""
@@ -143,7 +147,7 @@ def read_fasta(path: str, progress: Callable[[int], None] | None = None) -> Iter
                     raise DataError(f"{path}: line {line}: header '>' without a record name")
                 record, name = record + 1, words[0].decode("ascii", errors="replace")
                 seen_anything = True
-                yield Piece(record, name, np.zeros(0, np.uint8), np.zeros(0, bool))
+                yield Piece(record, name, np.zeros(0, np.uint8), np.zeros(0, bool), line)
                 line, pos, at_line_start = line + 1, eol + 1, True
                 continue
             # Sequence runs up to the next header line (or the end of the block).
@@ -167,10 +171,35 @@ def read_fasta(path: str, progress: Callable[[int], None] | None = None) -> Iter
         raise DataError(f"{path}: empty file (no FASTA records)")
 
 
-def _with_end_marker(chunks: Iterator[bytes]) -> Iterator[bytes | None]:
-    """The chunks, then None: the parser needs one last call to finish a trailing header."""
-    yield from chunks
+def _with_end_marker(
+    chunks: Iterator[bytes], line: Callable[[], int], path: str
+) -> Iterator[bytes | None]:
+    """The chunks, then None: the parser needs one last call to finish a trailing header.
+    A gzip error on the way is reported with the line the parser had reached."""
+    try:
+        yield from chunks
+    except DataError as e:
+        raise DataError(f"{e}, after line {line()}") from None
     yield None
+
+
+def _unix_line_ends(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks with CRLF and lone CR (old Mac) line ends turned into LF.
+
+    A CR at the end of a chunk is held back until the next chunk shows whether an LF follows,
+    so a CRLF cut by a chunk boundary is still one line end."""
+    held = b""
+    for chunk in chunks:
+        chunk = held + chunk
+        held = b""
+        if chunk.endswith(b"\r"):
+            chunk, held = chunk[:-1], b"\r"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if chunk:
+            yield chunk
+    if held:
+        yield b"\n"
 
 
 def _leading_blank_lines(segment: bytes) -> int:

@@ -220,9 +220,12 @@ def prepare_fasta(
                             records.append(writer.close())
                         name = safe_name(piece.name)
                         if name in writers:
-                            raise DataError(f"{path}: duplicate assembly name {name!r}")
+                            raise DataError(
+                                f"{path}: line {piece.line}: duplicate assembly name {name!r}"
+                            )
                         writer = writers[name] = AssemblyWriter(tmp, name)
-                    writer.start_chromosome(piece.name, path)
+                    # Errors about the record (empty, all N, duplicate) name its header line.
+                    writer.start_chromosome(piece.name, f"{path}: line {piece.line}")
                 else:
                     writer.append(piece.ids_L, piece.repeat_L)
             if per_record:

@@ -8,9 +8,14 @@ the training loop can save that state (JSON) next to the model in its checkpoint
 the batch function ahead of the consumer on background threads (or worker processes); where
 Grain is not installed the same batches come from a plain loop.
 
-Windows are drawn uniformly over all positions where a whole window fits inside one
-chromosome, so assemblies are sampled in proportion to their size unless `assembly_weights`
-says otherwise; windows with too many unknown bases (N) are redrawn. Validation holds out
+Windows are drawn uniformly over all VALID windows: those that fit inside one chromosome and
+hold at most max_n_frac unknown bases (N). When the stream is built, a cumulative N count per
+chromosome (vectorised; skipped for chromosomes with too few N to matter) turns each chromosome
+into runs of valid start positions; chromosomes and assemblies without one are dropped, and a
+stream with no valid window at all refuses at start-up with one line. So a run never dies
+mid-way for lack of a window, however gappy the assembly, and `summary()` says how much of the
+genome is usable. Assemblies are sampled in proportion to their valid windows unless
+`assembly_weights` says otherwise. Validation holds out
 whole chromosomes or assemblies: the training stream never reads held-out sequence, and the
 validation stream is a fixed, finite list of windows from the held-out part.
 
@@ -41,7 +46,7 @@ from nanodna.data.genome import Chromosome, GenomeStore
 
 _TRAIN, _EVAL = 1, 2  # stream ids in random keys, so train and eval never share randomness
 _WINDOWS, _MASKS = 0, 1
-MAX_ATTEMPTS = 100  # rounds of redrawing windows with too many N before giving up
+_SCAN_CHUNK = 1 << 24  # window starts per step of the N scan (bounds its memory to ~100 MB)
 
 
 def _validate(cfg: DataConfig) -> None:
@@ -57,49 +62,124 @@ def _validate(cfg: DataConfig) -> None:
         raise DataError(f"data.max_n_frac must be in [0, 1], got {cfg.max_n_frac}")
 
 
-class WindowSampler:
-    """Uniform draws over every (assembly, start) where a window fits inside one chromosome.
+def valid_runs(
+    tokens: UInt8[np.ndarray, " n"] | None, chrom: Chromosome, window: int, max_n_frac: float
+) -> tuple[Int64[np.ndarray, " r"], Int64[np.ndarray, " r"]]:
+    """Runs of valid window starts in one chromosome, as (first start, run length), the starts
+    being offsets into the assembly's tokens. A window is valid when its count of unknown bases
+    is <= max_n_frac * window. One cumulative N count, scanned in chunks; a chromosome with too
+    few N in all (manifest n_frac) is one run without a scan, and so is every chromosome when
+    `tokens` is None (no N filter)."""
+    n_starts = chrom.length - window + 1
+    if n_starts < 1:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    few_n = round(chrom.n_frac * chrom.length) <= max_n_frac * window
+    if tokens is None or max_n_frac >= 1.0 or few_n:  # no window can fail
+        return np.array([chrom.offset], np.int64), np.array([n_starts], np.int64)
+    firsts, stops = [], []
+    prev_ok = False  # validity of the start just before the chunk
+    for b in range(0, n_starts, _SCAN_CHUNK):
+        e = min(b + _SCAN_CHUNK, n_starts)
+        seg = np.asarray(tokens[chrom.offset + b : chrom.offset + e + window - 1])
+        cum = np.concatenate([[0], np.cumsum(seg == tokenizer.UNK, dtype=np.int32)])
+        ok = cum[window:] - cum[:-window] <= max_n_frac * window  # starts b .. e-1
+        edges = np.diff(ok.astype(np.int8), prepend=np.int8(prev_ok))
+        firsts.append(b + np.flatnonzero(edges == 1))  # a run of valid starts begins
+        stops.append(b + np.flatnonzero(edges == -1))  # ... and ends (exclusive)
+        prev_ok = bool(ok[-1])
+    if prev_ok:
+        stops.append(np.array([n_starts]))
+    first, stop = np.concatenate(firsts), np.concatenate(stops)
+    return chrom.offset + first.astype(np.int64), (stop - first).astype(np.int64)
 
-    All chromosomes are laid end to end in one table of valid start counts, so a draw is one
-    `searchsorted`: no Python loop per window.
+
+class WindowSampler:
+    """Uniform draws over every valid window (see `valid_runs`) of the given chromosomes.
+
+    All runs of valid starts are laid end to end in one table, so a draw is one
+    `searchsorted`: no Python loop per window, and no redraws. For chromosomes without N the
+    runs are the chromosomes, and the draws are those of a plain uniform start.
+
+    Raises DataError when no chromosome has a valid window, or when `weights` gives a positive
+    weight to an assembly without one.
     """
 
-    def __init__(self, chromosomes: list[Chromosome], window: int, weights: dict | None):
-        chroms = [c for c in chromosomes if c.length >= window]
-        if not chroms:
+    def __init__(
+        self,
+        chromosomes: list[Chromosome],
+        window: int,
+        weights: dict | None,
+        tokens_of=None,
+        max_n_frac: float = 1.0,
+    ):
+        all_asm = sorted({c.assembly for c in chromosomes})
+        if weights is not None:
+            unknown = sorted(set(weights) - set(all_asm))
+            if unknown:
+                raise DataError(f"assembly_weights names unknown assembly {unknown[0]!r}")
+        self.window, self.max_n_frac = window, max_n_frac
+        self.total_bp = sum(c.length for c in chromosomes)
+        self.n_chromosomes = len(chromosomes)
+        long_enough = [c for c in chromosomes if c.length >= window]
+        if not long_enough:
             raise DataError(f"no chromosome is long enough for a {window}-bp window")
-        self.assemblies = sorted({c.assembly for c in chroms})
+        runs = []  # (chromosome, run firsts, run lengths)
+        for c in long_enough:
+            tokens = None if tokens_of is None else tokens_of(c.assembly)
+            first, count = valid_runs(tokens, c, window, max_n_frac)
+            if len(first):
+                runs.append((c, first, count))
+        self.possible_starts = sum(c.length - window + 1 for c in long_enough)
+        self.skipped = [f"{c.assembly}/{c.name}" for c in chromosomes
+                        if all(c is not r[0] for r in runs)]
+        if not runs:
+            raise DataError(
+                f"no window with N fraction <= max_n_frac={max_n_frac} anywhere in "
+                f"{len(chromosomes)} chromosome(s) ({self.total_bp:,} bp) for {window}-bp "
+                "windows: the sequence is mostly N, or max_n_frac / seq_len is too strict"
+            )
+        self.assemblies = sorted({c.assembly for c, _, _ in runs})
+        self.n_used_chromosomes = len(runs)
         asm_index = {a: i for i, a in enumerate(self.assemblies)}
-        chroms = sorted(chroms, key=lambda c: asm_index[c.assembly])  # assemblies contiguous
-        self.chrom_asm = np.array([asm_index[c.assembly] for c in chroms])
-        self.chrom_offset = np.array([c.offset for c in chroms], dtype=np.int64)
-        n_starts = np.array([c.length - window + 1 for c in chroms], dtype=np.int64)
-        self.cum_starts = np.cumsum(n_starts)  # end of each chromosome in the start table
+        runs.sort(key=lambda r: asm_index[r[0].assembly])  # assemblies contiguous
+        self.run_asm = np.concatenate([np.full(len(f), asm_index[c.assembly]) for c, f, _ in runs])
+        self.run_first = np.concatenate([f for _, f, _ in runs])
+        n_starts = np.concatenate([n for _, _, n in runs])
+        self.cum_starts = np.cumsum(n_starts)  # end of each run in the table of starts
         self.first_start = self.cum_starts - n_starts
+        self.usable_starts = int(self.cum_starts[-1])
         # Per assembly: its slice [asm_first, asm_first + asm_count) of the start table.
-        counts = np.bincount(self.chrom_asm, weights=n_starts, minlength=len(self.assemblies))
+        counts = np.bincount(self.run_asm, weights=n_starts, minlength=len(self.assemblies))
         self.asm_count = counts.astype(np.int64)
         self.asm_first = np.cumsum(self.asm_count) - self.asm_count
         if weights is None:
             w = self.asm_count.astype(np.float64)
         else:
-            unknown = sorted(set(weights) - set(asm_index))
-            if unknown:
-                raise DataError(f"assembly_weights names unknown assembly {unknown[0]!r}")
+            dead = sorted(a for a in weights if a not in asm_index and float(weights[a]) > 0)
+            if dead:
+                raise DataError(
+                    f"assembly_weights gives weight to {dead[0]!r}, which has no "
+                    f"{window}-bp window with N fraction <= max_n_frac={max_n_frac}"
+                )
             w = np.array([float(weights.get(a, 0.0)) for a in self.assemblies])
             if (w < 0).any() or w.sum() <= 0:
                 raise DataError("assembly_weights must be non-negative with a positive sum")
         self.asm_prob = w / w.sum()
 
+    @property
+    def usable_fraction(self) -> float:
+        """Valid window starts / all starts where a window fits in a chromosome."""
+        return self.usable_starts / max(self.possible_starts, 1)
+
     def draw(
         self, rng: np.random.Generator, n: int
     ) -> tuple[Int64[np.ndarray, " n"], Int64[np.ndarray, " n"]]:
-        """n random windows as (assembly index, start offset into the assembly's tokens)."""
+        """n random valid windows as (assembly index, start offset into the assembly's tokens)."""
         asm = rng.choice(len(self.assemblies), size=n, p=self.asm_prob)
         r = np.floor(rng.random(n) * self.asm_count[asm]).astype(np.int64)
-        g = self.asm_first[asm] + r  # position in the table of all starts
+        g = self.asm_first[asm] + r  # position in the table of all valid starts
         k = np.searchsorted(self.cum_starts, g, side="right")
-        return asm.astype(np.int64), self.chrom_offset[k] + (g - self.first_start[k])
+        return asm.astype(np.int64), self.run_first[k] + (g - self.first_start[k])
 
 
 class WindowReader:
@@ -199,7 +279,10 @@ class WindowBatches:
         if not chroms:
             raise DataError("every chromosome is held out: nothing left to train on")
         weights = cfg.assembly_weights if train else None
-        self.sampler = WindowSampler(chroms, self.window, weights)
+        stores = {a: s for s in map(GenomeStore, cfg.store_dirs) for a in s.assemblies}
+        self.sampler = WindowSampler(
+            chroms, self.window, weights, lambda a: stores[a].tokens(a), cfg.max_n_frac
+        )
         self.reader = WindowReader(cfg.store_dirs, self.sampler.assemblies, self.window)
         self.stream = _TRAIN if train else _EVAL
         self.repeat_weight = cfg.repeat_weight_train if train else cfg.repeat_weight_eval
@@ -215,32 +298,33 @@ class WindowBatches:
             return sys.maxsize
         return math.ceil(self.cfg.eval_windows / self.global_batch)
 
+    def summary(self) -> str:
+        """One line for the start-up log: how much of the genome can feed this stream."""
+        sp = self.sampler
+        line = (
+            f"{'train' if self.train else 'validation'} data: {sp.usable_fraction:.1%} of "
+            f"{sp.total_bp:,} bp usable ({sp.usable_starts:,} {self.window}-bp windows with N "
+            f"fraction <= {self.cfg.max_n_frac}) in {len(sp.assemblies)} "
+            f"assembl{'y' if len(sp.assemblies) == 1 else 'ies'}, "
+            f"{sp.n_used_chromosomes} of {sp.n_chromosomes} chromosomes"
+        )
+        if sp.skipped:
+            more = f" (+{len(sp.skipped) - 3} more)" if len(sp.skipped) > 3 else ""
+            line += f"; skipped (no valid window): {', '.join(sp.skipped[:3])}{more}"
+        return line
+
     def _draw_windows(self, key: tuple, n_global: int, rows: np.ndarray):
         """(assembly, start, ids, repeat) of `rows` of a draw of n_global windows.
 
-        Windows with too many N are redrawn. Every process makes the same draws for the whole
-        global batch and keeps its rows, so processes agree without talking to each other.
+        The sampler draws valid windows only, so one draw is enough. Every process makes the
+        same draws for the whole global batch and keeps its rows, so processes agree without
+        talking to each other.
         """
-        n, W = len(rows), self.window
-        asm, start = np.empty(n, np.int64), np.empty(n, np.int64)
-        ids_nW, repeat_nW = np.empty((n, W), np.uint8), np.empty((n, W), bool)
-        need = np.arange(n)  # rows still without an acceptable window
-        for attempt in range(MAX_ATTEMPTS):
-            rng = np.random.default_rng((self.cfg.seed, *key, _WINDOWS, attempt))
-            a_all, s_all = self.sampler.draw(rng, n_global)
-            a, s = a_all[rows[need]], s_all[rows[need]]
-            ids, repeat = self.reader.read(a, s)
-            ok = np.count_nonzero(ids == tokenizer.UNK, axis=1) <= self.cfg.max_n_frac * W
-            done = need[ok]
-            asm[done], start[done] = a[ok], s[ok]
-            ids_nW[done], repeat_nW[done] = ids[ok], repeat[ok]
-            need = need[~ok]
-            if len(need) == 0:
-                return asm, start, ids_nW, repeat_nW
-        raise DataError(
-            f"found no window with N fraction <= max_n_frac={self.cfg.max_n_frac} in "
-            f"{MAX_ATTEMPTS} draws: the genomes are mostly N, or max_n_frac is too strict"
-        )
+        rng = np.random.default_rng((self.cfg.seed, *key, _WINDOWS, 0))
+        a_all, s_all = self.sampler.draw(rng, n_global)
+        asm, start = a_all[rows], s_all[rows]
+        ids_nW, repeat_nW = self.reader.read(asm, start)
+        return asm, start, ids_nW, repeat_nW
 
     def batch(self, index: int) -> Batch:
         """The Batch of this process's rows of global batch `index`."""
@@ -387,10 +471,16 @@ def _absl_flags_parsed() -> None:
 def make_train_iterator(
     cfg: DataConfig, *, process_index: int = 0, process_count: int = 1
 ) -> BatchIterator:
-    """Endless iterator of training batches (this process's share); see the module docstring."""
-    return BatchIterator(
-        WindowBatches(cfg, train=True, process_index=process_index, process_count=process_count)
+    """Endless iterator of training batches (this process's share); see the module docstring.
+
+    Process 0 prints the one-line summary of the usable genome (`WindowBatches.summary`).
+    Raises DataError (one line) when the stores cannot feed the stream."""
+    batches = WindowBatches(
+        cfg, train=True, process_index=process_index, process_count=process_count
     )
+    if process_index == 0:
+        print(batches.summary())
+    return BatchIterator(batches)
 
 
 def make_eval_iterator(

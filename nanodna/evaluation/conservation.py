@@ -47,9 +47,12 @@ def evaluate_table(
     """Score a table and rank the scores against its labels.
 
     Returns roc_auc, auprc, n, n_pos, windows_per_s (and mean_score). A table without labels
-    (a variant table may have none) gives n and mean_score only.
+    (a variant table may have none) gives n and mean_score only. Raises
+    metrics.MetricsError before scoring when the labels hold one class only.
     """
     table = load_table(table_path, task, max_rows)
+    if table.label_R is not None:  # one label class has no AUC: fail before scoring
+        metrics.check_labels(table.label_R)
     scores = scoring.score_table(model, model_cfg, table, batch_size=batch_size)
     out = {
         "n": len(table),

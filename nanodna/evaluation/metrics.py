@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from jaxtyping import Float, Int
 from sklearn.metrics import average_precision_score, roc_auc_score
+
 from nanodna.errors import UserError
 
 METRICS = {"roc_auc": roc_auc_score, "auprc": average_precision_score}
@@ -21,25 +22,35 @@ class MetricsError(UserError):
     """Labels or scores that no ranking metric can be computed from; one-line message."""
 
 
+def check_labels(label_R: Int[np.ndarray, " R"]) -> np.ndarray:
+    """Labels a ranking metric can use: 1-D, 0/1, both classes present. Cheap: call it before
+    scoring, so a table that cannot give an AUC fails before any work. Raises MetricsError."""
+    label_R = np.asarray(label_R)
+    if label_R.ndim != 1:
+        raise MetricsError(f"labels must be 1-D, got shape {label_R.shape}")
+    if len(label_R) == 0:
+        raise MetricsError("no rows to score")
+    if not np.isin(label_R, (0, 1)).all():
+        raise MetricsError("labels must be 0 or 1")
+    if label_R.min() == label_R.max():
+        raise MetricsError(
+            f"ROC AUC needs both classes, but all {len(label_R)} labels are {int(label_R[0])}"
+        )
+    return label_R.astype(np.int64)
+
+
 def _check(label_R, score_R) -> tuple[np.ndarray, np.ndarray]:
     label_R, score_R = np.asarray(label_R), np.asarray(score_R, dtype=np.float64)
     if label_R.shape != score_R.shape or label_R.ndim != 1:
         raise MetricsError(
             f"labels {label_R.shape} and scores {score_R.shape} must be 1-D and the same length"
         )
-    if not np.isin(label_R, (0, 1)).all():
-        raise MetricsError("labels must be 0 or 1")
+    label_R = check_labels(label_R)
     if not np.isfinite(score_R).all():
         raise MetricsError(
             f"{int((~np.isfinite(score_R)).sum())} of {len(score_R)} scores are NaN or infinite"
         )
-    if len(label_R) == 0:
-        raise MetricsError("no rows to score")
-    if label_R.min() == label_R.max():
-        raise MetricsError(
-            f"ROC AUC needs both classes, but all {len(label_R)} labels are {int(label_R[0])}"
-        )
-    return label_R.astype(np.int64), score_R
+    return label_R, score_R
 
 
 def roc_auc(label_R: Int[np.ndarray, " R"], score_R: Float[np.ndarray, " R"]) -> float:

@@ -1,6 +1,7 @@
 """A full evaluation with its paper trail: what eval.py runs.
 
-    results.json   roc_auc, auprc, n (+ bootstrap intervals), checkpoint step, arch, task, speed
+    results.json   roc_auc, auprc, n (+ bootstrap intervals), checkpoint step, arch, task, speed,
+                   rule and strand_mode (scoring.strand_mode)
     scores.tsv     one line per row: pos, ref (alt), label, score, the four allele log-probs
     roc.png        ROC curve (tables with labels)
     hist.png       score distribution per label (tables with labels)
@@ -54,7 +55,13 @@ def evaluate_model(
     progress: bool = False,
     info: dict | None = None,
 ) -> dict:
-    """Score `table`, compute metrics, and write results.json, scores.tsv and the plots."""
+    """Score `table`, compute metrics, and write results.json, scores.tsv and the plots.
+
+    A labelled table whose labels cannot give a ROC AUC (one class only) raises
+    metrics.MetricsError before any row is scored; nothing is written unless the metrics are
+    computed (the output folder is created only then)."""
+    if table.label_R is not None:
+        metrics.check_labels(table.label_R)
     scores = scoring.score_table(model, model_cfg, table, batch_size=batch_size, progress=progress)
     results = dict(info or {})
     results.update(
@@ -64,6 +71,7 @@ def evaluate_model(
         model=dataclasses.asdict(model_cfg),
         rule=scores.rule,
         strand_average=scores.strand_average,
+        strand_mode=scores.strand_mode,
         n=len(table),
         mean_score=float(np.mean(scores.score_R)),
         batch_size=batch_size,
@@ -71,12 +79,13 @@ def evaluate_model(
         windows_per_s=round(scores.windows_per_s, 2),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    if table.label_R is not None:
+    if table.label_R is not None:  # may raise (NaN scores): before anything is written
         results.update(
             metrics.summarize(table.label_R, scores.score_R, bootstrap=bootstrap, seed=seed)
         )
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    if table.label_R is not None:
         score_name = "log p(ref)" if table.task == "conservation" else "log p(alt) / p(ref)"
         plots.plot_roc(
             table.label_R,
@@ -90,6 +99,21 @@ def evaluate_model(
     write_scores_tsv(os.path.join(out_dir, "scores.tsv"), table, scores)
     atomic.write_text(out, json.dumps(results, indent=2))
     return results
+
+
+def summary_line(results: dict) -> str:
+    """The one-line summary eval.py prints: ROC AUC (with its 95% interval when bootstrapped),
+    AUPRC, n, step, speed. No interval is printed when there is none (--bootstrap 0)."""
+    parts = []
+    if "roc_auc" in results:
+        auc = f"roc_auc {results['roc_auc']:.4f}"
+        if "roc_auc_ci" in results:
+            lo, hi = results["roc_auc_ci"]
+            auc += f" [{lo:.4f}, {hi:.4f}]"
+        parts += [auc, f"auprc {results['auprc']:.4f}"]
+    parts += [f"n {results['n']}", f"step {results.get('step')}",
+              f"{results['windows_per_s']:.1f} windows/s", f"strands {results['strand_mode']}"]
+    return "  ".join(parts)
 
 
 def write_scores_tsv(path: str, table: EvalTable, scores: scoring.Scores) -> None:

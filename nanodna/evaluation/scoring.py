@@ -10,16 +10,27 @@ a/c/g/t at the target; the task then reads a score off them:
 Rules, chosen from the model config:
 
     masked  (MLM: Caduceus, MLM transformer)  put [MASK] at the target, read the logits there,
-            softmax over a/c/g/t only. Models that are not RC-equivariant by construction
-            (Caduceus-Ph, MLM transformer) also score rc(x) with the target at L-1-pos, and the
-            two strands' allele log-probabilities are averaged with models' `strand_mean` and
-            renormalised over a/c/g/t: a normalised geometric mean, the same mean as
-            `conjoined_logits` (so the masked score equals the conjoined model's).
-            Caduceus-PS gives the same answer on both strands, so one is enough.
+            softmax over a/c/g/t only.
     causal  (CLM transformer)  marin's four-allele rule: four copies of the window with A/C/G/T
             at the target, the log-likelihood of each whole copy, log-softmax across the four.
 
-Rows longer than the model's context are cropped to a max_len window around the target.
+Strands. A base pair has one score, whichever strand a table lists it on. Every rule scores
+both strands by default (`strand_mode` "average"): rc(x) with the target at L-1-pos is scored
+too, and the two strands' allele log-probabilities are combined with `nanodna.models.strand_mean`
+and renormalised over a/c/g/t: a normalised geometric mean of the allele probabilities, the same
+mean as `conjoined_logits` (so the masked score equals the conjoined model's). For the causal
+rule the averaged quantities are the four-allele log-probabilities (log-softmax of whole-window
+log-likelihoods), so the mean is again a normalised geometric mean of allele probabilities.
+Caduceus-PS is RC-equivariant by construction (its head already sums both strands), so one pass
+gives the same answer on both strands ("equivariant"). "forward" (strand_average=False) scores
+the given strand only and is not strand-invariant for other models.
+
+Rows longer than the model's context are cropped to the longest ODD window that fits (max_len,
+or max_len - 1 when max_len is even), centred on the target and pushed inside the row at its
+ends. An odd window has a true centre, so the window of a row and the window of its reverse
+complement cover the same base pairs (`context_window`); an even window would put the target
+one base off centre, on a different side on each strand.
+
 Windows are scored in fixed-size batches, grouped by length, the last batch padded: one
 compilation per distinct length, whatever the table size. A model whose arrays live on a
 device mesh (as during training) has its batches split over that mesh.
@@ -43,8 +54,8 @@ from jaxtyping import Array, Float, Int
 from tqdm.auto import tqdm
 
 from nanodna import tokenizer
-from nanodna.evaluation.tables import EvalTable, default_pos
-from nanodna.models.caduceus import strand_mean
+from nanodna.evaluation.tables import EvalTable
+from nanodna.models import strand_mean
 from nanodna.models.config import ModelConfig
 
 
@@ -54,11 +65,25 @@ def scoring_rule(model_cfg: ModelConfig) -> str:
 
 
 def default_strand_average(model_cfg: ModelConfig) -> bool:
-    """Average both strands unless the model is RC-equivariant by construction (Caduceus-PS).
-    Causal models are scored on the given strand, as marin does."""
-    if scoring_rule(model_cfg) == "causal":
-        return False
-    return not (model_cfg.arch == "caduceus" and model_cfg.rcps)
+    """Average both strands unless the model is RC-equivariant by construction (Caduceus-PS),
+    where a second pass would give the same numbers."""
+    return not is_rc_equivariant(model_cfg)
+
+
+def is_rc_equivariant(model_cfg: ModelConfig) -> bool:
+    """Caduceus-PS: logits(rc(x)) = rc_logits(logits(x)) by construction."""
+    return model_cfg.arch == "caduceus" and model_cfg.rcps
+
+
+def strand_mode(model_cfg: ModelConfig, strand_average: bool | None = None) -> str:
+    """How a model is scored across strands: 'average' (both strands, strand_mean of the allele
+    log-probabilities), 'equivariant' (Caduceus-PS, one pass is already strand-invariant) or
+    'forward' (the given strand only: opted out, not strand-invariant)."""
+    if is_rc_equivariant(model_cfg):
+        return "equivariant" if not strand_average else "average"
+    if strand_average is None:
+        strand_average = default_strand_average(model_cfg)
+    return "average" if strand_average else "forward"
 
 
 def masked_allele_log_probs(
@@ -117,11 +142,19 @@ _allele_log_probs_jit = eqx.filter_jit(allele_log_probs)
 
 def context_window(length: int, pos: int, max_len: int | None) -> tuple[int, int]:
     """[start, stop) of the window a row is scored on: the whole row when it fits in max_len,
-    else max_len bases with the target at max_len//2 - 1, pushed inside the row at its ends."""
+    else `crop_length(max_len)` bases (odd) centred on the target, pushed inside the row at its
+    ends. Strand-symmetric: for the reverse complement (pos -> length-1-pos) the window is
+    [length - stop, length - start), the same base pairs."""
     if max_len is None or length <= max_len:
         return 0, length
-    start = min(max(pos - default_pos(max_len), 0), length - max_len)
-    return start, start + max_len
+    w = crop_length(max_len)
+    start = min(max(pos - w // 2, 0), length - w)
+    return start, start + w
+
+
+def crop_length(max_len: int) -> int:
+    """The longest odd window that fits in max_len: an odd window has a true centre."""
+    return max_len if max_len % 2 else max_len - 1
 
 
 @dataclasses.dataclass
@@ -132,7 +165,8 @@ class Scores:
     log_probs_RK: np.ndarray  # log p(a), log p(c), log p(g), log p(t) at the target
     window_pos_R: np.ndarray  # target index inside the scored window
     rule: str
-    strand_average: bool
+    strand_average: bool  # a second pass on the reverse strand was made
+    strand_mode: str  # 'average' | 'equivariant' | 'forward' (see `strand_mode`)
     seconds: float  # wall time, compilation included
 
     @property
@@ -148,7 +182,11 @@ def score_table(
     strand_average: bool | None = None,
     progress: bool = False,
 ) -> Scores:
-    """Score every row of `table` with the rule `model_cfg` calls for."""
+    """Score every row of `table` with the rule `model_cfg` calls for.
+
+    strand_average None: the default for the model (`default_strand_average`: both strands,
+    except Caduceus-PS, which is strand-invariant in one pass). Raises ValueError for
+    batch_size < 1."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rule = scoring_rule(model_cfg)
@@ -184,6 +222,7 @@ def score_table(
         window_pos_R=table.pos_R - np.array(starts_R, dtype=np.int64),
         rule=rule,
         strand_average=strand_average,
+        strand_mode=strand_mode(model_cfg, strand_average),
         seconds=seconds,
     )
 
