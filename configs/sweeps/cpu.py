@@ -15,8 +15,8 @@ Architectures, each with its recipe (base configs hold the data and objective):
 Sizes: widths 32, 64, 128 at 3 layers (about 4x the non-embedding parameters per step).
 Matched per-token budgets: every run trains WSD-S for cycles x cycle_steps = 384 steps of
 32 windows x 128 bp = 1.57M tokens, with hot/cold checkpoints at steps 96/128, 224/256 and
-352/384, each scored on the set's full conservation table (3,000 rows, 1,000 bootstrap
-resamples).
+352/384, each scored on the first 1,000 rows of the set's conservation table (490
+conserved; 1,000 bootstrap resamples): scoring all 3,000 rows took longer than training.
 
 Time: the target is about 60 minutes on this 2-core machine. It has not been timed end to end
 here: when this config was written the machine was shared by other jobs (load average 12-14).
@@ -66,7 +66,8 @@ def get_sweep() -> SweepConfig:
         cycle_steps=128,
         cycles=3,
         decay_fraction=0.25,  # 32-step cooldowns; validation every 32 steps
-        table="data/sim_demo/eval/conservation.tsv",  # the full table (3,000 rows)
+        table="data/sim_demo/eval/conservation.tsv",
+        max_rows=1000,  # the table's first 1,000 rows (490 conserved): 3x less scoring time
         bootstrap=1000,
         evaluator="inprocess",
         extra_overrides=("simulate.dir=data/sim_demo", "optim.warmup_steps=30",
