@@ -66,6 +66,9 @@ def main(argv: list[str]) -> int:
         print(format_config(cfg))
         print(f"workdir: {workdir}")
         process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        print(f"data: process {jax.process_index()} of {jax.process_count()} reads "
+              f"{cfg.data.batch_size} of each global batch of "
+              f"{cfg.data.batch_size * jax.process_count()} windows")
         summary = train(
             cfg, workdir,
             build=lambda key: build_model(cfg.model, key),

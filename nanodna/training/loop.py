@@ -291,7 +291,8 @@ def _restore_or_init(cfg, workdir, build, optimizer, mesh, ckpt, data_it, logger
     tc = cfg.train
     key = jax.random.key(tc.seed)
     start = ckpt.latest_step() or 0
-    if not start:
+    if not start:  # a new run, or one killed before its first complete checkpoint
+        logger.truncate_after(0)
         state, static, shardings = step_lib.init_train_state(
             build, optimizer, key, mesh, tc.fsdp, tc.fsdp_min_size)
         return state, static, shardings, key, 0, tc.steps

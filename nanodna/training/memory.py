@@ -96,13 +96,20 @@ def check_fits(compiled, device, resident: int = 0, available: int | None = None
     source = "given"
     if available is None:
         available, source = device_memory(device, resident)
-    need = (f"{mem.peak / GiB:.2f} GiB per device (arguments {mem.arguments / GiB:.2f}, "
-            f"outputs {mem.outputs / GiB:.2f}, aliased {mem.aliased / GiB:.2f}, temporaries "
-            f"{mem.temporaries / GiB:.2f})")
+    need = (f"{_size(mem.peak)} per device (arguments {_size(mem.arguments)}, outputs "
+            f"{_size(mem.outputs)}, aliased {_size(mem.aliased)}, temporaries "
+            f"{_size(mem.temporaries)})")
     if available is None:
         return f"memory: the step needs {need}; the device's memory is unknown: not checked"
     if mem.peak > available:
         raise StepTooLarge(
             f"the train step needs {mem.peak:,} bytes per device but {available:,} are available "
             f"({source}): {need}; what helps: {', '.join(KNOBS)}")
-    return f"memory: the step needs {need} of {available / GiB:.2f} GiB ({source})"
+    return f"memory: the step needs {need} of {_size(available)} ({source})"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
