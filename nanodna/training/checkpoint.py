@@ -16,7 +16,9 @@ Loading a model for evaluation, and which step a path stands for, live one level
 nanodna/checkpoint.py (eval.py uses them without importing the training code).
 
 Saving is asynchronous: `save` returns once the arrays are copied off the live state, and files
-are written in the background while training continues.
+are written in the background while training continues. Killed mid-write (kill -9, power loss),
+a checkpoint is left as a temporary folder that resuming ignores and deletes: the run resumes
+from the last complete checkpoint (tests/test_resume.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.keep = keep
         self.labels = dict(labels or {})  # step -> "hot" / "cold": never deleted
-        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True)
+        # A write killed mid-way leaves only Orbax's temporary folder (<step>.orbax-checkpoint-
+        # tmp...: the rename to <step> is the last act of a write); it is never a step that
+        # latest_step() returns, and cleanup_tmp_directories deletes it when the run restarts.
+        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
