@@ -136,7 +136,8 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
         train_step = train_step.lower(state, mesh_lib.put_batch(first, batch_sharding),
                                       np.float32(0.0)).compile()
         if tc.check_memory:
-            line = memory.check_fits(train_step, mesh.devices.flat[0])
+            local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+            line = memory.check_fits(train_step, local[0])
             if jax.process_index() == 0:
                 print(line)
     peak = peak_flops_per_device(override=tc.peak_flops_per_device)

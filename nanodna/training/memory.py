@@ -70,12 +70,15 @@ def _meminfo_bytes(field: str = "MemAvailable") -> int | None:
 
 
 def device_memory(device, resident: int = 0) -> tuple[int | None, str]:
-    """(bytes one device can use, where that number comes from).
+    """(bytes one device of this process can use, where that number comes from).
 
     `resident`: bytes this process already holds per device (the train state): on a CPU they
     are no longer in MemAvailable but the step may reuse them.
     """
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 (backends raise various errors for "not supported")
+        stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"{device.device_kind} memory limit"
     available = _meminfo_bytes()
