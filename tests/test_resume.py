@@ -158,7 +158,7 @@ def test_sigkill_during_an_async_checkpoint_write_resumes_from_the_last_complete
 
 
 def test_sigkill_under_a_time_budget_resumes_the_fitted_schedule(tiny_sim, tmp_path):
-    budget = {"train.max_minutes": 0.15, "optim.schedule": "wsd", "train.checkpoint_every": 10}
+    budget = {"train.max_minutes": 0.4, "optim.schedule": "wsd", "train.checkpoint_every": 10}
     workdir = tmp_path / "budget"
     proc = _start(workdir, _overrides(tiny_sim, 5000, **budget))
     schedule = workdir / "schedule.json"

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 import equinox as eqx
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from nanodna import atomic
@@ -230,6 +231,9 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
                     run.last = pull()
                     if budget.fit(run.step - 1, time.monotonic(), t_start):
                         run.total = budget.total
+                        if jax.process_count() > 1:  # every process runs process 0's fit
+                            run.total = int(multihost_utils.broadcast_one_to_all(
+                                np.int32(run.total)))
                         schedule, labels = set_length(run.total)
                         if jax.process_index() == 0:  # before any checkpoint of the new length
                             write_schedule(workdir, run.total, run.step - 1, tc.max_minutes)

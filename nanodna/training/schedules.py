@@ -120,7 +120,8 @@ class StepBudget:
         self.eval_s = 0.1 * 60 * (cfg.train.max_minutes or 0)  # until an eval has been timed
 
     def fit(self, step: int, now: float, t_start: float) -> bool:
-        """Fit the length at `step` (times in seconds) once; True if it changed."""
+        """Fit the length at `step` (times in seconds) once; True when it was fitted now
+        (the loop then records `total`, changed or not, for resumed runs)."""
         if not self.active:
             return False
         if self.t0 is None:
@@ -131,7 +132,7 @@ class StepBudget:
         self.active = False  # fitted once, for good
         optim = self.cfg.optim
         if step >= self.total - decay_steps(optim, self.total):  # already decaying: keep it
-            return False
+            return True
         per_step = (now - self.t0) / (step - self.step0)
         left = 60 * self.cfg.train.max_minutes - (now - t_start) - self.eval_s
         total = min(self.cfg.train.steps, max(step + 1, step + int(left / per_step)))
@@ -142,6 +143,5 @@ class StepBudget:
         total = max(total, math.ceil(floor) + 1)
         while total - decay_steps(optim, total) <= step:  # int() round-off
             total += 1
-        total = min(total, self.cfg.train.steps)
-        changed, self.total = total != self.total, total
-        return changed
+        self.total = min(total, self.cfg.train.steps)
+        return True
