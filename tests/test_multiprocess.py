@@ -59,7 +59,7 @@ def _free_port():
 
 
 def test_two_processes_match_one_process_with_two_devices(tiny_sim, tmp_path):
-    one = subprocess.run(_cmd(tmp_path / "one", tiny_sim, 16), capture_output=True, text=True,
+    one = subprocess.run(_cmd(tmp_path / "one", tiny_sim, 16), check=False, capture_output=True, text=True,
                          env=_env(2), timeout=300, cwd=ROOT)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "mesh: 2 x cpu" in one.stdout

@@ -57,8 +57,8 @@ def _env():
 
 
 def _run(workdir, overrides, *flags):
-    return subprocess.run(_cmd(workdir, overrides, *flags), capture_output=True, text=True,
-                          env=_env(), timeout=300, cwd=ROOT)
+    return subprocess.run(_cmd(workdir, overrides, *flags), check=False, capture_output=True,
+                          text=True, env=_env(), timeout=300, cwd=ROOT)
 
 
 def _start(workdir, overrides):
@@ -216,7 +216,7 @@ def test_config_change_on_resume_is_refused_before_touching_the_workdir(tiny_sim
     assert "Traceback" not in bad.stderr
     assert (workdir / "config.json").read_bytes() == saved
     assert (workdir / "metrics.jsonl").read_bytes() == metrics
-    model, cfg, step = load_model(str(workdir))  # what eval.py reads still loads
+    _, cfg, step = load_model(str(workdir))  # what eval.py reads still loads
     assert step == 4 and cfg.model.d_model == 16
 
     # Safe changes are applied and listed.

@@ -8,8 +8,8 @@ import pytest
 
 from nanodna.config import OptimConfig
 from nanodna.training import mesh as mesh_lib
-from nanodna.training.optim import make_optimizer
 from nanodna.training import step as step_lib
+from nanodna.training.optim import make_optimizer
 from tests._fakes import FakeIterator, TinyConfig, build_tiny
 
 

@@ -37,7 +37,13 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from nanodna import atomic
-from nanodna.checkpoint import CHECKPOINTS, CONFIG_FILE, check_resume, model_static, write_config
+from nanodna.checkpoint import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    check_resume,
+    model_static,
+    write_config,
+)
 from nanodna.config import Config, ConfigError
 from nanodna.data.batch import Batch
 from nanodna.errors import UserError

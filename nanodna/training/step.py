@@ -162,7 +162,7 @@ def make_train_step(static, optimizer: optax.GradientTransformation, state_shard
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if skip_nonfinite:
-            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            keep = lambda new, old: jnp.where(finite, new, old)
             params = jax.tree.map(keep, params, state.params)
             opt_state = jax.tree.map(keep, opt_state, state.opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "loss_weight": weight,
