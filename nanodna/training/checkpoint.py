@@ -1,7 +1,10 @@
 """Training checkpoints: Orbax, asynchronous, with the data iterator's position saved alongside.
 
     workdir/
-      config.json                 the resolved Config (nanodna.checkpoint.write_config)
+      config.json                 the resolved Config (nanodna.checkpoint.write_config; a
+                                  resume is checked against it first: check_resume)
+      schedule.json               the run length fitted to train.max_minutes, if one was
+                                  (training/loop.py): resumed runs continue it
       checkpoints/<step>/         one Orbax checkpoint after <step> updates, items:
           params                  the model's float arrays (what eval needs)
           opt_state               AdamW moments and counters
