@@ -1,10 +1,12 @@
 """Train a model from a config file.
 
-    python train.py --config configs/demo.py [--workdir DIR] [key=value ...]
+    python train.py --config configs/demo.py [--workdir DIR] [--restart] [key=value ...]
 
 Overrides are dotted config keys with Python-literal values, e.g. `optim.lr=3e-4
 model.n_layers=4 train.steps=2000`. Re-running with the same workdir resumes from its latest
-checkpoint. This file wires the pieces together: it provisions the data (the simulated set when
+checkpoint; a config the saved run cannot continue under (another model shape, data layout,
+sequence length...) is refused before anything in the workdir changes, and `--restart` starts
+over in that workdir (deleting its checkpoints). This file wires the pieces together: it provisions the data (the simulated set when
 `simulate.preset` is set), checks the evaluation table, and hands the real model, data streams
 and table evaluation to nanodna.training.loop.train. Any mistake a user can fix (config, data,
 table, a NaN loss) ends with one `error: ...` line on stderr and exit code 2.
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, help="a configs/*.py file defining get_config()")
     p.add_argument("--workdir", help="run folder (default: runs/<config name>)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in --workdir, deleting its checkpoints and metrics")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args(argv)
     name = os.path.splitext(os.path.basename(args.config))[0]
@@ -62,12 +66,16 @@ def main(argv: list[str]) -> int:
         print(format_config(cfg))
         print(f"workdir: {workdir}")
         process = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        print(f"data: process {jax.process_index()} of {jax.process_count()} reads "
+              f"{cfg.data.batch_size} of each global batch of "
+              f"{cfg.data.batch_size * jax.process_count()} windows")
         summary = train(
             cfg, workdir,
             build=lambda key: build_model(cfg.model, key),
             train_iter=lambda c: make_train_iterator(c.data, **process),
             eval_iter=lambda c: make_eval_iterator(c.data, **process),
             evaluate_table=evaluate_table if cfg.eval.score_table else None,
+            restart=args.restart,
         )
     except UserError as e:
         return fail(e)

@@ -2,10 +2,12 @@
 
     python train.py --config configs/demo_caduceus.py
 
-Same data, budget and schedule as configs/demo.py; only the model and objective change. On a
-CPU the selective scan makes it too slow to leave the base-composition plateau within the
-8-minute budget (measurements: BENCHMARKS.md, "Demo"); give it a GPU or a longer budget
-(train.max_minutes=60) to see it learn.
+Same data, fixed step count (1,515) and schedule as configs/demo.py; only the model and
+objective change. On a CPU the selective scan makes each step several times slower than the
+transformer's (measurements: BENCHMARKS.md, "Demo"), and 1,515 steps do not leave the
+base-composition plateau; give it a GPU, or more steps (train.steps=...), to see it learn. A
+wall-clock budget stays available (train.max_minutes=60): the WSD run is then fitted to it once
+and the fit kept for resumes.
 """
 
 import dataclasses

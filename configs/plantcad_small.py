@@ -25,7 +25,8 @@ def get_config() -> Config:
     return Config(
         # Caduceus-PS l20: BiMamba (add), tied in/out projections, RCPS; d_state 16, expand 2.
         # bf16 matmuls on GPU / TPU; params, scan state and the loss stay float32.
-        model=sizes.get("plantcad_l20", max_len=512, compute_dtype="bfloat16"),
+        # remat: recompute each block's activations in the backward pass (see train below).
+        model=sizes.get("plantcad_l20", max_len=512, compute_dtype="bfloat16", remat=True),
         data=DataConfig(
             store_dirs=(),  # empty: the simulated set's store (simulate.dir/store)
             seq_len=512,  # PlantCAD1's context
@@ -56,6 +57,15 @@ def get_config() -> Config:
             checkpoint_every=5000,
             keep_checkpoints=3,
             fsdp=False,  # 21M params: replicate; turn on for the large sizes
+            # Memory, from XLA's memory analysis of the compiled step (printed at start-up;
+            # CPU, 2026-11-29): 128 x 512 bp x 2 strands without remat needs 37 GiB of
+            # temporaries for just 2 of the 20 layers (the whole model: the 288 GiB the issue
+            # saw), far beyond a 24 GiB machine. With model.remat and the batch in 8 sequential
+            # microbatches of 16 windows (same update as the whole batch) the 20-layer step
+            # needs 2.5 GiB (arguments 0.23, temporaries 2.24): it fits a 24 GiB CPU machine
+            # (slowly) and any single GPU. On a GPU with room to spare, train.microbatches=1
+            # or 2 is faster.
+            microbatches=8,
         ),
         eval=EvalConfig(
             every=5000,

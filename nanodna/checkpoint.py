@@ -79,6 +79,62 @@ def write_config(cfg: Config, workdir: str) -> list[str]:
     return changed
 
 
+# Keys a resumed run may change: they steer logging, evaluation, the run's length and how the
+# same computation is laid out, not the state a checkpoint holds. Anything else (the model's
+# shape, the data layout and stream, the seed, the optimizer's state structure) cannot resume.
+RESUMABLE = (
+    "train.steps", "train.max_minutes", "train.fit_schedule_to_budget", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.num_devices", "train.fsdp",
+    "train.fsdp_min_size", "train.distributed", "train.peak_flops_per_device",
+    "train.tensorboard", "train.progress", "train.microbatches", "train.skip_nonfinite",
+    "train.max_empty_steps", "train.check_memory", "eval.", "simulate.", "data.worker_count",
+    "data.prefetch", "optim.lr", "optim.warmup_steps", "optim.schedule", "optim.decay_fraction",
+    "optim.decay_shape", "optim.min_lr_ratio", "optim.cycle_steps",
+)
+
+
+class ResumeError(UserError):
+    """A workdir's run cannot continue under the new config."""
+
+
+def config_changes(cfg: Config, workdir: str) -> tuple[list[str], list[str]]:
+    """(keys that can change on resume, keys that cannot) between cfg and workdir/config.json.
+
+    Both empty for a workdir without config.json. Reads only; nothing is written.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return [], []
+    with open(path) as f:
+        flat_old = _flat(json.load(f))
+    flat_new = _flat(json.loads(json.dumps(to_dict(cfg))))
+    changed = sorted(k for k in flat_old.keys() | flat_new.keys()
+                     if flat_old.get(k) != flat_new.get(k))
+    safe = [k for k in changed if any(k == r or (r.endswith(".") and k.startswith(r))
+                                      for r in RESUMABLE)]
+    return safe, [k for k in changed if k not in safe]
+
+
+def check_resume(cfg: Config, workdir: str) -> list[str]:
+    """The resumable changes of `cfg` against the run saved in `workdir` (to apply and list).
+
+    Raises ResumeError naming every key that cannot change while the workdir holds
+    checkpoints, and the two ways out. A workdir with no checkpoint starts over: [] then.
+    """
+    if not saved_steps(workdir):
+        return []
+    safe, unsafe = config_changes(cfg, workdir)
+    if unsafe:
+        with open(os.path.join(workdir, CONFIG_FILE)) as f:
+            flat_old = _flat(json.load(f))
+        flat_new = _flat(json.loads(json.dumps(to_dict(cfg))))
+        what = ", ".join(f"{k} ({flat_old.get(k)!r} -> {flat_new.get(k)!r})" for k in unsafe)
+        raise ResumeError(f"{workdir} holds a run with a different config: {what} cannot "
+                          "change on resume; use a new --workdir, or --restart to start over in "
+                          "this one (deletes its checkpoints)")
+    return safe
+
+
 def read_config(workdir: str) -> Config:
     """The Config saved in a workdir's config.json."""
     with open(os.path.join(workdir, CONFIG_FILE)) as f:

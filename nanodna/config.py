@@ -73,6 +73,17 @@ class TrainConfig:
     peak_flops_per_device: Optional[float] = None  # for MFU; None: look the device kind up
     tensorboard: bool = True  # also write TensorBoard scalars under workdir/tb
     progress: bool = True  # tqdm progress bar
+    # Gradient accumulation: the batch is split into this many sequential microbatches inside
+    # the jitted step (one optimizer update, same result as the whole batch): less memory.
+    microbatches: int = 1
+    # A non-finite loss or gradient: False stops the run naming the step (the last checkpoint
+    # is the last good state); True skips that update (params and optimizer state unchanged).
+    skip_nonfinite: bool = False
+    # Stop with an error after this many consecutive training batches with no loss weight
+    # (e.g. every target soft-masked with a repeat weight of 0).
+    max_empty_steps: int = 50
+    # Check the compiled train step's memory against the device's before the first step.
+    check_memory: bool = True
 
 
 @dataclass

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from nanodna.checkpoint import ResumeError, check_resume, config_changes, write_config
 from nanodna.config import (
     Config,
     ConfigError,
@@ -95,3 +96,22 @@ def test_load_config_errors(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(ConfigError, match="get_config"):
         load_config(str(bad))
+
+
+def test_resume_check_sorts_changes_into_safe_and_refused(demo, tmp_path):
+    write_config(demo, str(tmp_path))
+    saved = (tmp_path / "config.json").read_bytes()
+    shape = apply_overrides(demo, ["model.d_model=64", "data.seq_len=64", "train.log_every=7"])
+    assert check_resume(shape, str(tmp_path)) == []  # no checkpoint yet: starts over
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    with pytest.raises(ResumeError) as e:
+        check_resume(shape, str(tmp_path))
+    msg = str(e.value)
+    assert "model.d_model (96 -> 64)" in msg and "data.seq_len (128 -> 64)" in msg
+    assert "train.log_every" not in msg and "--restart" in msg and "\n" not in msg
+    assert (tmp_path / "config.json").read_bytes() == saved  # nothing written
+    safe = apply_overrides(demo, ["train.steps=9999", "train.log_every=7", "eval.every=11",
+                                  "train.max_minutes=3.0"])
+    assert check_resume(safe, str(tmp_path)) == [
+        "eval.every", "train.log_every", "train.max_minutes", "train.steps"]
+    assert config_changes(demo, str(tmp_path)) == ([], [])

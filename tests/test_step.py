@@ -1,5 +1,6 @@
 """Loss, sharded train step (8 simulated CPU devices vs 1) and FSDP placement."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 
 from nanodna.config import OptimConfig
 from nanodna.training import mesh as mesh_lib
-from nanodna.training.optim import make_optimizer
 from nanodna.training import step as step_lib
+from nanodna.training.optim import make_optimizer
 from tests._fakes import FakeIterator, TinyConfig, build_tiny
 
 
@@ -87,3 +88,56 @@ def test_fsdp_spec_picks_largest_divisible_axis(shape, expected):
 def test_make_mesh_rejects_too_many_devices():
     with pytest.raises(ValueError, match="num_devices"):
         mesh_lib.make_mesh(jax.device_count() + 1)
+
+
+def _one_step(batch, microbatches, num_devices, skip_nonfinite=False):
+    mesh = mesh_lib.make_mesh(num_devices)
+    opt = make_optimizer(OptimConfig(weight_decay=0.1))
+    state, static, shardings = step_lib.init_train_state(
+        build_tiny(TinyConfig(d_model=16)), opt, jax.random.key(3), mesh)
+    train_step = step_lib.make_train_step(static, opt, shardings, mesh, microbatches=microbatches,
+                                          skip_nonfinite=skip_nonfinite)
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = train_step(state, mesh_lib.put_batch(batch, mesh_lib.batch_sharding(mesh)),
+                                1e-2)
+    return before, state, {k: float(v) for k, v in metrics.items()}
+
+
+@pytest.mark.parametrize("num_devices", [1, 2])
+def test_microbatches_give_the_whole_batch_result(num_devices):
+    """Gradient accumulation over 4 microbatches = one batch of 16, also when the microbatches
+    carry very different loss weights (normalised by the whole batch's weight)."""
+    rng = np.random.default_rng(5)
+    batch = next(FakeIterator(batch_size=16, seq_len=16, seed=int(rng.integers(1 << 30))))
+    # Microbatch m holds rows m, m+4, ...: give them weights 0, 0.1, 1 and 3.
+    scale = np.array([0.0, 0.1, 1.0, 3.0], np.float32)[np.arange(16) % 4][:, None]
+    batch = batch._replace(weights_BL=(batch.weights_BL + 0.2) * scale)
+    _, whole, m_whole = _one_step(batch, 1, num_devices)
+    _, micro, m_micro = _one_step(batch, 4, num_devices)
+    np.testing.assert_allclose(m_micro["loss"], m_whole["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m_micro["grad_norm"], m_whole["grad_norm"], rtol=1e-5)
+    assert m_micro["loss_weight"] == pytest.approx(float(batch.weights_BL.sum()), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(micro.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    # A float64 reference of the whole-batch loss, from the logits.
+    model = eqx.combine(jax.tree.map(jnp.asarray, _one_step(batch, 1, 1)[0]),
+                        step_lib.model_static(build_tiny(TinyConfig(d_model=16)),
+                                              jax.random.key(3)))
+    logits = np.asarray(model(jnp.asarray(batch.tokens_BL)), np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, batch.targets_BL[..., None], -1)[..., 0]
+    ref = (batch.weights_BL * nll).sum() / batch.weights_BL.sum()
+    np.testing.assert_allclose(m_micro["loss"], ref, rtol=1e-5)
+
+
+def test_skip_nonfinite_leaves_the_state_unchanged():
+    batch = next(FakeIterator(batch_size=8, seq_len=16, seed=2))
+    bad = batch._replace(weights_BL=batch.weights_BL * np.float32("nan"))
+    before, state, metrics = _one_step(bad, 1, 1, skip_nonfinite=True)
+    assert metrics["skipped"] == 1 and int(state.step) == 1
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    before, state, metrics = _one_step(batch, 1, 1, skip_nonfinite=True)
+    assert metrics["skipped"] == 0
+    assert any(not np.array_equal(np.asarray(a), b)
+               for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)))

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nanodna.checkpoint import load_model
+from nanodna.checkpoint import load_model, saved_steps
 from nanodna.config import Config, EvalConfig, OptimConfig, TrainConfig
 from nanodna.sim.simulate import simulate
-from nanodna.training import loop
+from nanodna.training import loop, memory
 from nanodna.training.schedules import StepBudget
 from tests._fakes import FakeIterator, TinyConfig, build_tiny
 
@@ -193,7 +193,7 @@ def test_cli_bad_eval_table_fails_before_the_first_step(tmp_path, tiny_sim, tabl
     assert not (workdir / "metrics.jsonl").exists()  # no step was trained
 
 
-def test_step_budget_fits_wsd_run_to_the_time_left():
+def test_step_budget_fits_wsd_run_once_to_the_time_left():
     cfg = _cfg(steps=10_000, max_minutes=1.0)
     cfg = dataclasses.replace(cfg, optim=OptimConfig(schedule="wsd", warmup_steps=10,
                                                      decay_fraction=0.2))
@@ -201,12 +201,91 @@ def test_step_budget_fits_wsd_run_to_the_time_left():
     budget.eval_s = 5.0
     t_start = 100.0
     assert not budget.fit(1, now=t_start + 10.0, t_start=t_start)  # starts the clock
-    # 50 steps in 5 s: 0.1 s a step; 60 - 15 elapsed - 5 for the eval = 40 s left: 400 steps.
-    assert budget.fit(51, now=t_start + 15.0, t_start=t_start)
-    assert budget.total == 51 + 400
-    # Once the decay has begun (last 20% of 451 steps), the length no longer moves.
-    assert not budget.fit(400, now=t_start + 50.0, t_start=t_start)
-    assert budget.total == 451
+    assert not budget.fit(11, now=t_start + 11.0, t_start=t_start)  # still timing
+    # 20 steps in 2 s: 0.1 s a step; 60 - 12 elapsed - 5 for the eval = 43 s left: 430 steps.
+    assert budget.fit(21, now=t_start + 12.0, t_start=t_start)
+    assert budget.total == 21 + 430
+    # Fitted once: later speeds change nothing (a resumed run reads it from schedule.json).
+    assert not budget.fit(60, now=t_start + 50.0, t_start=t_start)
+    assert budget.total == 451 and not budget.active
+    # A budget too short for anything still leaves the decay after the fitting step.
+    short = StepBudget(cfg, total=10_000)
+    short.fit(1, now=t_start + 50.0, t_start=t_start)
+    assert short.fit(21, now=t_start + 59.0, t_start=t_start)
+    assert short.total - int(0.2 * short.total) > 21
     # Not a WSD run, or no budget: never refitted.
     off = StepBudget(_cfg(steps=100, max_minutes=1.0), total=100)  # wsds
     assert not off.active
+
+
+# ---------------------------------------------------------------------------------------------
+# No silent zeros, non-finite gradients, memory before the first step
+
+
+class _WeightsTimes(FakeIterator):
+    """Batches whose loss weights are scaled by `scale` (0: nothing is scored)."""
+
+    def __init__(self, scale, seed=11):
+        super().__init__(seed=seed)
+        self.scale = scale
+
+    def __next__(self):
+        batch = super().__next__()
+        return batch._replace(weights_BL=batch.weights_BL * np.float32(self.scale))
+
+
+def test_zero_weight_validation_loss_is_missing_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="repeat_weight_eval=0"):
+        summary = loop.train(_cfg(steps=2), str(tmp_path), build=build_tiny(),
+                             train_iter=lambda c: FakeIterator(seed=11),
+                             eval_iter=lambda c: _WeightsTimes(0.0, seed=99),
+                             evaluate_table=None)
+    assert "eval/val_loss" not in summary
+    assert not any("eval/val_loss" in r for r in _rows(tmp_path))
+
+
+def test_zero_weight_training_batches_log_no_loss_then_stop(tmp_path, capsys):
+    cfg = _cfg(steps=30, max_empty_steps=5)
+    with pytest.raises(loop.EmptyBatches, match="5 training batches in a row"):
+        _train(cfg, tmp_path, it_factory=lambda c: _WeightsTimes(0.0))
+    rows = [r for r in _rows(tmp_path) if "loss_weight" in r]
+    assert rows and all("loss" not in r and r["loss_weight"] == 0.0 for r in rows)
+    assert "no loss weight" in capsys.readouterr().out
+
+
+def test_nonfinite_gradient_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    # The NaN enters through step 4's batch; checkpoints every 2 steps: 4 must not be saved.
+    # (WSD-S labels step 3 "cold": also saved.)
+    with pytest.raises(loop.NonFiniteLoss, match="step 4.*last checkpoint, step 3"):
+        _train(_cfg(steps=10), tmp_path, it_factory=lambda c: _NanAt(at=4))
+    assert saved_steps(str(tmp_path)) == [2, 3]
+
+
+def test_skip_nonfinite_skips_the_update_and_goes_on(tmp_path):
+    summary = _train(_cfg(steps=6, skip_nonfinite=True), tmp_path,
+                     it_factory=lambda c: _NanAt(at=3))
+    assert summary["step"] == 6 and summary["stopped"] == "done"
+    rows = {r["step"]: r for r in _rows(tmp_path) if "lr" in r}
+    assert rows[3].get("skipped_nonfinite") == 1 and "loss" not in rows[3]
+    assert all(np.isfinite(rows[s]["loss"]) for s in (1, 2, 4, 5, 6))
+
+
+def test_a_step_too_large_for_the_device_stops_before_the_first_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "device_memory", lambda device, resident=0: (1000, "test"))
+    with pytest.raises(memory.StepTooLarge) as e:
+        _train(_cfg(steps=4), tmp_path)
+    msg = str(e.value)
+    assert "1,000 are available" in msg and "\n" not in msg
+    for knob in ("model.remat", "data.batch_size", "train.microbatches", "train.fsdp"):
+        assert knob in msg
+    needed = int(msg.split("needs ")[1].split(" bytes")[0].replace(",", ""))
+    assert needed > 1000
+    assert not (tmp_path / "metrics.jsonl").exists() or not _rows(tmp_path)
+
+
+def test_memory_analysis_of_a_compiled_step_counts_the_state():
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T))
+    compiled = f.lower(jax.ShapeDtypeStruct((256, 64), jnp.float32)).compile()
+    mem = memory.step_memory(compiled)
+    assert mem is not None and mem.arguments == 256 * 64 * 4 and mem.outputs == 256 * 256 * 4
+    assert "of" in memory.check_fits(compiled, jax.devices()[0], available=10**9)

@@ -1,7 +1,10 @@
 """Training checkpoints: Orbax, asynchronous, with the data iterator's position saved alongside.
 
     workdir/
-      config.json                 the resolved Config (nanodna.checkpoint.write_config)
+      config.json                 the resolved Config (nanodna.checkpoint.write_config; a
+                                  resume is checked against it first: check_resume)
+      schedule.json               the run length fitted to train.max_minutes, if one was
+                                  (training/loop.py): resumed runs continue it
       checkpoints/<step>/         one Orbax checkpoint after <step> updates, items:
           params                  the model's float arrays (what eval needs)
           opt_state               AdamW moments and counters
@@ -16,7 +19,9 @@ Loading a model for evaluation, and which step a path stands for, live one level
 nanodna/checkpoint.py (eval.py uses them without importing the training code).
 
 Saving is asynchronous: `save` returns once the arrays are copied off the live state, and files
-are written in the background while training continues.
+are written in the background while training continues. Killed mid-write (kill -9, power loss),
+a checkpoint is left as a temporary folder that resuming ignores and deletes: the run resumes
+from the last complete checkpoint (tests/test_resume.py).
 """
 
 from __future__ import annotations
@@ -40,7 +45,11 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.keep = keep
         self.labels = dict(labels or {})  # step -> "hot" / "cold": never deleted
-        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True)
+        # A write killed mid-way leaves only Orbax's temporary folder (<step>.orbax-checkpoint-
+        # tmp...: the rename to <step> is the last act of a write); it is never a step that
+        # latest_step() returns, and cleanup_tmp_directories deletes it when the run restarts.
+        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:

@@ -1,13 +1,18 @@
 """The training loop: resume or initialise, step, log, evaluate, checkpoint, stop cleanly.
 
-    for step in start+1 .. total (train.steps, or fewer to fit train.max_minutes: StepBudget):
-        batch -> device (split over "data") -> jitted step(state, batch, lr) (old state donated)
+    refuse a config the workdir's run cannot continue under (before writing anything)
+    compile the step ahead; stop if its memory cannot fit the device (training/memory.py)
+    for step in start+1 .. total (train.steps, or fewer to fit train.max_minutes: StepBudget,
+                                  fitted once and kept in workdir/schedule.json):
+        batch -> device (split over "data") -> compiled step(state, batch, lr) (state donated)
         pull the PREVIOUS step's metrics (the device is already busy with this one)
         every log_every: metrics.jsonl / TensorBoard / progress bar
         every checkpoint_every, and at WSD-S hot/cold steps: async checkpoint
         every eval.every: validation loss + conservation ROC AUC
     stop early on SIGTERM / Ctrl-C (checkpoint, return), on train.max_minutes (final eval +
-    checkpoint), or with NonFiniteLoss naming the step when the loss is NaN or infinite.
+    checkpoint), with NonFiniteLoss naming the step when the loss or gradient is NaN or
+    infinite (unless train.skip_nonfinite), or with EmptyBatches after train.max_empty_steps
+    batches in a row that carry no loss weight. A loss with no weight is never logged as 0.
 
 The model, the data and the table evaluation come in as arguments (train.py passes the real
 ones, the tests small stand-ins from tests/_fakes.py); the config here only sets the numbers.
@@ -17,23 +22,35 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 
 import equinox as eqx
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from nanodna.checkpoint import model_static, write_config
+from nanodna import atomic
+from nanodna.checkpoint import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    check_resume,
+    model_static,
+    write_config,
+)
 from nanodna.config import Config, ConfigError
 from nanodna.data.batch import Batch
 from nanodna.errors import UserError
 from nanodna.models.build import count_params
 from nanodna.models.config import ModelConfig
 from nanodna.models.flops import flops_per_token
+from nanodna.training import memory
 from nanodna.training import mesh as mesh_lib
 from nanodna.training import step as step_lib
 from nanodna.training.checkpoint import Checkpointer
@@ -46,8 +63,15 @@ BatchIterator = Iterator[Batch]  # with get_state() -> dict and set_state(dict),
 EvaluateTable = Callable[..., dict]  # (model, model_cfg, table, batch_size=, max_rows=) -> metrics
 
 
+SCHEDULE_FILE = "schedule.json"  # the run length fitted to train.max_minutes, kept for resumes
+
+
 class NonFiniteLoss(UserError, FloatingPointError):
-    """The loss became NaN or infinite (lower optim.lr, or check the data); names the step."""
+    """The loss or gradient became NaN or infinite (lower optim.lr, or check the data)."""
+
+
+class EmptyBatches(UserError):
+    """Many training batches in a row carried no loss weight: the data trains nothing."""
 
 
 @dataclasses.dataclass
@@ -64,13 +88,18 @@ class Progress:
     last_eval: dict = dataclasses.field(default_factory=dict)
     flops_per_token: float | None = None  # for MFU, known after the first batch
     stopped: str = "done"  # "done" | "signal" | "time"
+    empty: int = 0  # consecutive pulled steps whose batch had no loss weight
 
 
 def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module],
           train_iter: Callable[[Config], BatchIterator],
           eval_iter: Callable[[Config], BatchIterator],
-          evaluate_table: EvaluateTable | None) -> dict:
+          evaluate_table: EvaluateTable | None, restart: bool = False) -> dict:
     """Train `cfg` in `workdir` (resuming from its latest checkpoint); returns a summary dict.
+
+    restart: delete the workdir's run (checkpoints, metrics, config, schedule) and start over.
+    Raises ResumeError (before writing anything) when the workdir's run cannot continue under
+    `cfg`, StepTooLarge when the step cannot fit in memory, NonFiniteLoss, EmptyBatches.
 
     build(key) -> the model; train_iter(cfg) -> the training batches (resumable);
     eval_iter(cfg) -> a fresh pass over the validation batches; evaluate_table(model, model_cfg,
@@ -78,26 +107,46 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     """
     t_start = time.monotonic()
     tc = cfg.train
+    if restart:
+        clear_run(workdir)
+    applied = check_resume(cfg, workdir)  # refuses before anything in the workdir changes
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        changed = write_config(cfg, workdir)
-        if changed:
-            print(f"note: config changed since the last run in this workdir: {', '.join(changed)}")
+        write_config(cfg, workdir)
+        if applied:
+            print(f"resume: config changes applied: {', '.join(applied)}")
     mesh = mesh_lib.make_mesh(tc.num_devices)
     optimizer = make_optimizer(cfg.optim)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
+    ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=tc.keep_checkpoints)
     logger = MetricsLogger(workdir, tensorboard=tc.tensorboard)
     data_it = train_iter(cfg)
     state, static, shardings, key, start, total = _restore_or_init(
         cfg, workdir, build, optimizer, mesh, ckpt, data_it, logger)
+    fitted = read_schedule(workdir)
+    if fitted is not None and start < fitted:  # a budget fitted this run's length: keep it
+        total = fitted
     n_params = count_params(state.params)
     if jax.process_index() == 0:
         print(f"model: {n_params:,} parameters; mesh: {mesh.devices.size} x "
               f"{jax.devices()[0].device_kind}; fsdp={tc.fsdp}")
-    train_step = step_lib.make_train_step(static, optimizer, shardings, mesh)
+    train_step = step_lib.make_train_step(static, optimizer, shardings, mesh,
+                                          microbatches=tc.microbatches,
+                                          skip_nonfinite=tc.skip_nonfinite)
     eval_step = step_lib.make_eval_step(static, shardings.params, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     budget = StepBudget(cfg, total)
+    budget.active = budget.active and fitted is None
+    first = None
+    if start < total:  # compile ahead: the memory check comes before the first step
+        first = next(data_it)
+        _check_batch(first, mesh, tc.microbatches)
+        train_step = train_step.lower(state, mesh_lib.put_batch(first, batch_sharding),
+                                      np.float32(0.0)).compile()
+        if tc.check_memory:
+            local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+            line = memory.check_fits(train_step, local[0])
+            if jax.process_index() == 0:
+                print(line)
     peak = peak_flops_per_device(override=tc.peak_flops_per_device)
     run = Progress(step=start, total=total, saved_at=start, window_t=time.monotonic())
     bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True,
@@ -111,12 +160,34 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
         return make_schedule(cfg.optim, total), ckpt.labels
 
     def pull(force_log: bool = False) -> dict:
-        """Bring the dispatched step's metrics to the host; stop on a non-finite loss."""
+        """Bring the dispatched step's metrics to the host; stop on a non-finite loss or
+        gradient (or skip it, with train.skip_nonfinite) and on a long run of empty batches."""
         s, metrics, n_tokens, lr = run.pending
         run.pending = None
         row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(row["loss"]):
-            raise NonFiniteLoss(f"loss is {row['loss']} at step {s}: stopping")
+        skipped = row.pop("skipped") > 0
+        if skipped:
+            tqdm.write(f"warning: step {s}: loss {row['loss']}, gradient norm "
+                       f"{row['grad_norm']}: update skipped (train.skip_nonfinite)")
+            row = {"skipped_nonfinite": 1, "loss_weight": row["loss_weight"]}
+        elif not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
+            raise NonFiniteLoss(
+                f"loss {row['loss']}, gradient norm {row['grad_norm']} at step {s}: stopping "
+                f"(the last checkpoint, step {run.saved_at}, is the last good state; lower "
+                "optim.lr, check the data, or set train.skip_nonfinite=True)")
+        if row["loss_weight"] == 0.0:  # the loss is undefined, not 0: not logged
+            row.pop("loss", None)
+            run.empty += 1
+            if run.empty == 1:
+                tqdm.write(f"warning: step {s}: the batch carries no loss weight (every target "
+                           "padding, or soft-masked with data.repeat_weight_train=0): no loss")
+            if run.empty >= tc.max_empty_steps:
+                raise EmptyBatches(
+                    f"{run.empty} training batches in a row (up to step {s}) carry no loss "
+                    "weight: every target is padding or soft-masked with "
+                    "data.repeat_weight_train=0; raise the repeat weight or check the genomes")
+        else:
+            run.empty = 0
         row["lr"] = lr
         run.window_tokens += n_tokens
         if s % tc.log_every == 0 or s == run.total or force_log:
@@ -124,7 +195,8 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
             if run.flops_per_token is not None and peak is not None:
                 row["mfu"] = mfu(run.flops_per_token, row["tokens_per_s"], mesh.devices.size, peak)
             logger.log(s, row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+            if "loss" in row:
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
             run.window_t, run.window_tokens = time.monotonic(), 0
         return row
 
@@ -138,6 +210,8 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
         run.last_eval = result
 
     def save() -> None:
+        if run.pending is not None:  # never checkpoint a state before its loss is checked
+            run.last = pull()
         ckpt.save(run.step, state, data_it.get_state(), key, total_steps=run.total)
         run.saved_at = run.step
 
@@ -152,9 +226,8 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
                 if tc.max_minutes is not None and time.monotonic() - t_start > 60 * tc.max_minutes:
                     run.stopped = "time"
                     break
-                batch = next(data_it)
+                batch, first = (first, None) if first is not None else (next(data_it), None)
                 if run.step == start:
-                    _check_batch(batch, mesh)
                     run.flops_per_token = _flops_per_token(cfg, batch.tokens_BL.shape[1])
                 lr = schedule(run.step)  # the rate of the update that makes step + 1
                 state, metrics = train_step(state, mesh_lib.put_batch(batch, batch_sharding),
@@ -164,7 +237,12 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
                     run.last = pull()
                     if budget.fit(run.step - 1, time.monotonic(), t_start):
                         run.total = budget.total
+                        if jax.process_count() > 1:  # every process runs process 0's fit
+                            run.total = int(multihost_utils.broadcast_one_to_all(
+                                np.int32(run.total)))
                         schedule, labels = set_length(run.total)
+                        if jax.process_index() == 0:  # before any checkpoint of the new length
+                            write_schedule(workdir, run.total, run.step - 1, tc.max_minutes)
                 run.pending = (run.step, metrics, batch.tokens_BL.size * jax.process_count(), lr)
                 bar.update(1)
                 if run.step % tc.checkpoint_every == 0 or run.step in labels:
@@ -201,7 +279,13 @@ def evaluate(cfg: Config, params, static, eval_step, mesh,
         for batch in itertools.islice(eval_iter(cfg), cfg.eval.val_batches):
             s, w = eval_step(params, mesh_lib.put_batch(batch, mesh_lib.batch_sharding(mesh)))
             total, weight = total + float(s), weight + float(w)
-        out["eval/val_loss"] = total / max(weight, step_lib.EPS)
+        if weight > 0:
+            out["eval/val_loss"] = total / weight
+        else:  # nothing scored: missing, not a perfect 0.0
+            warnings.warn(
+                f"eval/val_loss not reported: its {cfg.eval.val_batches} validation batches carry "
+                "no loss weight (every target soft-masked with data.repeat_weight_eval=0, or "
+                "padding)", stacklevel=2)
     if evaluate_table is not None and cfg.eval.table:
         result = evaluate_table(eqx.combine(params, static), cfg.model, cfg.eval.table, batch_size=cfg.eval.batch_size,
                                 max_rows=cfg.eval.max_rows)
@@ -218,7 +302,8 @@ def _restore_or_init(cfg, workdir, build, optimizer, mesh, ckpt, data_it, logger
     tc = cfg.train
     key = jax.random.key(tc.seed)
     start = ckpt.latest_step() or 0
-    if not start:
+    if not start:  # a new run, or one killed before its first complete checkpoint
+        logger.truncate_after(0)
         state, static, shardings = step_lib.init_train_state(
             build, optimizer, key, mesh, tc.fsdp, tc.fsdp_min_size)
         return state, static, shardings, key, 0, tc.steps
@@ -242,12 +327,46 @@ def _flops_per_token(cfg: Config, seq_len: int) -> float | None:
     return float(flops_per_token(cfg.model, seq_len))
 
 
-def _check_batch(batch: Batch, mesh) -> None:
+def _check_batch(batch: Batch, mesh, microbatches: int = 1) -> None:
     """One-line errors for batches the mesh cannot split (instead of a deep sharding error)."""
     n = mesh.devices.size // jax.process_count()
     B = batch.tokens_BL.shape[0]
     if B % n:
         raise ConfigError(f"batch size {B} per process is not divisible by its {n} local "
                           "device(s): change data.batch_size or train.num_devices")
+    if microbatches < 1 or B % (n * microbatches):
+        raise ConfigError(f"batch size {B} per process is not divisible by train.microbatches="
+                          f"{microbatches} x {n} local device(s)")
     if not np.issubdtype(batch.tokens_BL.dtype, np.integer):
         raise TypeError(f"batch tokens must be integers, got {batch.tokens_BL.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The workdir's run
+
+
+def clear_run(workdir: str) -> None:
+    """--restart: remove a run's checkpoints, metrics, TensorBoard, config and schedule."""
+    if jax.process_index() != 0:
+        return
+    for name in (CHECKPOINTS, "tb"):
+        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+    for name in ("metrics.jsonl", CONFIG_FILE, SCHEDULE_FILE):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def write_schedule(workdir: str, total: int, at_step: int, max_minutes: float | None) -> None:
+    """Record the run length fitted to the budget: a resumed run continues this schedule."""
+    atomic.write_text(os.path.join(workdir, SCHEDULE_FILE), json.dumps(
+        {"total_steps": int(total), "fitted_at_step": int(at_step), "max_minutes": max_minutes}))
+
+
+def read_schedule(workdir: str) -> int | None:
+    """The fitted run length of workdir/schedule.json (None when no budget fitted one)."""
+    path = os.path.join(workdir, SCHEDULE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["total_steps"])

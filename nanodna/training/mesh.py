@@ -26,9 +26,23 @@ DATA = "data"
 
 
 def maybe_initialize_distributed(enabled: bool) -> None:
-    """Join a multi-host job. jax reads the coordinator, process count and index from the
-    cluster's environment (SLURM, Open MPI, TPU pods, or JAX_COORDINATOR_ADDRESS etc.)."""
-    if enabled or os.environ.get("NANODNA_DISTRIBUTED") == "1":
+    """Join a multi-process job.
+
+    On a cluster jax reads the coordinator, process count and index from its environment
+    (SLURM, Open MPI, TPU pods). Set by hand (e.g. several processes on one machine):
+    NANODNA_COORDINATOR=host:port, NANODNA_NUM_PROCESSES, NANODNA_PROCESS_ID. On CPUs the
+    cross-process collectives go through gloo (jax's CPU default has none).
+    """
+    env = os.environ
+    if not (enabled or env.get("NANODNA_DISTRIBUTED") == "1" or "NANODNA_COORDINATOR" in env):
+        return
+    if env.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if "NANODNA_COORDINATOR" in env:
+        jax.distributed.initialize(env["NANODNA_COORDINATOR"],
+                                   num_processes=int(env["NANODNA_NUM_PROCESSES"]),
+                                   process_id=int(env["NANODNA_PROCESS_ID"]))
+    else:
         jax.distributed.initialize()
 
 

@@ -97,15 +97,20 @@ def hot_cold_steps(cfg: Config, total_steps: int | None = None) -> list[tuple[in
 
 
 class StepBudget:
-    """The run's length in steps, refitted to train.max_minutes while a WSD run is stable.
+    """The run's length in steps, fitted once to train.max_minutes from the measured speed.
 
     A time-budgeted run that simply stopped would end at the peak learning rate, without the
-    decay that makes WSD's final model good. So, until the decay starts, the number of steps is
-    re-estimated from the measured speed (compilation excluded) and the time the final
-    evaluation needs (`eval_s`, seconds; the loop sets it after each evaluation); once the
-    decay has started the length is fixed. Active only with train.max_minutes,
+    decay that makes WSD's final model good. So, after `timed_steps` steps timed past the first
+    (compiling) one, the number of steps is estimated from the measured speed and the time the
+    final evaluation needs (`eval_s`, seconds; the loop sets it after each evaluation), once:
+    the loop stores it (workdir/schedule.json) and a resumed run continues that schedule
+    instead of refitting to its own speed, so kill-and-resume gives the same losses. The fitted
+    decay always starts after the step at which it is fitted: the learning rates already used
+    (warmup, stable) are those of the fitted schedule too. Active only with train.max_minutes,
     train.fit_schedule_to_budget and the "wsd" schedule.
     """
+
+    timed_steps = 20
 
     def __init__(self, cfg: Config, total: int):
         self.cfg, self.total = cfg, total
@@ -115,21 +120,28 @@ class StepBudget:
         self.eval_s = 0.1 * 60 * (cfg.train.max_minutes or 0)  # until an eval has been timed
 
     def fit(self, step: int, now: float, t_start: float) -> bool:
-        """Re-estimate the length at `step` (times in seconds); True if it changed."""
+        """Fit the length at `step` (times in seconds) once; True when it was fitted now
+        (the loop then records `total`, changed or not, for resumed runs)."""
         if not self.active:
             return False
         if self.t0 is None:
             self.t0, self.step0 = now, step
             return False
-        T_d = decay_steps(self.cfg.optim, self.total)
-        if step >= self.total - T_d or step == self.step0:  # decaying: the length is fixed
+        if step - self.step0 < self.timed_steps:
             return False
+        self.active = False  # fitted once, for good
+        optim = self.cfg.optim
+        if step >= self.total - decay_steps(optim, self.total):  # already decaying: keep it
+            return True
         per_step = (now - self.t0) / (step - self.step0)
         left = 60 * self.cfg.train.max_minutes - (now - t_start) - self.eval_s
         total = min(self.cfg.train.steps, max(step + 1, step + int(left / per_step)))
-        # Never shorter than warmup + decay (W + int(d * T) <= T): the hard time limit ends
-        # a run whose budget cannot hold even that.
-        optim = self.cfg.optim
-        total = max(total, math.ceil(optim.warmup_steps / (1 - optim.decay_fraction)) + 1)
-        changed, self.total = total != self.total, total
-        return changed
+        # Never shorter than warmup + decay (W + int(d * T) <= T), and the decay starts after
+        # `step` (T - int(d * T) > step). The hard time limit ends a run whose budget cannot
+        # hold even that.
+        floor = max(optim.warmup_steps, step + 1) / (1 - optim.decay_fraction)
+        total = max(total, math.ceil(floor) + 1)
+        while total - decay_steps(optim, total) <= step:  # int() round-off
+            total += 1
+        self.total = min(total, self.cfg.train.steps)
+        return True

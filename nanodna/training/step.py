@@ -104,22 +104,70 @@ def _forward_sums(params, static, batch: Batch):
     return cross_entropy_sums(logits_BLV, batch.targets_BL, batch.weights_BL)
 
 
-def make_train_step(static, optimizer: optax.GradientTransformation, state_shardings, mesh):
+def split_microbatches(batch: Batch, n: int) -> Batch:
+    """(B, L) arrays -> (n, B // n, L): microbatch m holds rows m, m + n, m + 2n, ...
+
+    Strided, not contiguous, so that every device keeps contributing its own rows to each
+    microbatch (a device's contiguous slice of the batch splits evenly into n parts).
+    """
+    return Batch(*(x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1) for x in batch))
+
+
+def _grad_sums(params, static, batch: Batch, microbatches: int, mesh):
+    """(sum of weighted CE, sum of weights, gradient of the CE sum), over the whole batch.
+
+    With microbatches > 1 the batch runs as a lax.scan of sequential forward/backward passes
+    whose sums (and gradient sums) add up: one big batch's numbers, to float32 round-off, in
+    the memory of one microbatch. Normalising by the weight of the WHOLE batch afterwards keeps
+    this exact when microbatches carry different weights.
+    """
+    sums = jax.value_and_grad(lambda p, b: _forward_sums(p, static, b), has_aux=True)
+    if microbatches == 1:
+        (total, weight), grads = sums(params, batch)
+        return total, weight, grads
+    micro = split_microbatches(batch, microbatches)
+    micro = jax.lax.with_sharding_constraint(
+        micro, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, mesh_lib.DATA)))
+
+    def body(carry, mb):
+        total, weight, grads = carry
+        (t, w), g = sums(params, mb)
+        return (total + t, weight + w, jax.tree.map(jnp.add, grads, g)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    init = (zero, zero, jax.tree.map(jnp.zeros_like, params))
+    (total, weight, grads), _ = jax.lax.scan(body, init, micro)
+    return total, weight, grads
+
+
+def make_train_step(static, optimizer: optax.GradientTransformation, state_shardings, mesh, *,
+                    microbatches: int = 1, skip_nonfinite: bool = False):
     """jit(state, batch, lr) -> (state, metrics), batch split over "data", old state donated.
 
     `optimizer` gives the update direction (optim.make_optimizer); the step scales it by -lr.
+    microbatches: gradient accumulation (see _grad_sums); the batch size must divide by it
+    times the local device count. skip_nonfinite: an update whose loss or gradient norm is NaN
+    or infinite is dropped (params, optimizer state unchanged; metrics["skipped"] = 1).
+    Metrics: loss (weighted mean CE; 0 when loss_weight is 0), grad_norm, loss_weight, skipped.
     """
 
     def train_step(state: TrainState, batch: Batch, lr: jax.Array) -> tuple[TrainState, dict]:
-        def loss_fn(params):
-            total, weight = _forward_sums(params, static, batch)
-            return total / jnp.maximum(weight, EPS), weight
-
-        (loss, weight), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        total, weight, grad_sums = _grad_sums(state.params, static, batch, microbatches, mesh)
+        scale = 1.0 / jnp.maximum(weight, EPS)
+        loss = total * scale
+        grads = jax.tree.map(lambda g: g * scale, grad_sums)
+        grad_norm = global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: -lr * u, updates)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": global_norm(grads), "loss_weight": weight}
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = lambda new, old: jnp.where(finite, new, old)
+            params = jax.tree.map(keep, params, state.params)
+            opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "loss_weight": weight,
+                   "skipped": jnp.logical_not(finite).astype(jnp.int32) if skip_nonfinite
+                   else jnp.zeros((), jnp.int32)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return jax.jit(
