@@ -40,7 +40,6 @@ LAYERS = 3
 HEADS = {32: 2, 64: 4, 128: 4}
 MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
 MLM = ("model.causal=False", "data.mode=mlm", "data.rc_augment=True")
-# Run order: the fast transformers first, so an interrupted sweep already has their curves.
 ARCHS = {
     "transformer-clm": ("configs/demo.py", MARIN),
     "transformer-mlm": ("configs/demo.py", MLM),
@@ -50,9 +49,9 @@ ARCHS = {
 
 def runs(widths=WIDTHS) -> tuple[Run, ...]:
     """The architecture x width grid (also used by configs/sweeps/arabidopsis.py)."""
-    out = []
-    for arch, (config, recipe) in ARCHS.items():
-        for d in widths:
+    out = []  # smallest width of every architecture first: an interrupted sweep has all three
+    for d in widths:
+        for arch, (config, recipe) in ARCHS.items():
             size = [f"model.d_model={d}", f"model.n_layers={LAYERS}"]
             if arch != "caduceus-ps":
                 size.append(f"model.n_heads={HEADS[d]}")
