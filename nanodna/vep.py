@@ -312,10 +312,10 @@ def write_vcf(path: str, header: str, scored: Iterable[tuple[Site, np.ndarray | 
     `.gz` paths are bgzipped (pysam.BGZFile), so tabix can index them."""
     lines = header.rstrip("\n").split("\n")
     info = [
-        f'##INFO=<ID={LLR_TAG},Number=A,Type=Float,Description="nanodna zero-shot log p(alt) - '
-        f'log p(ref) at the variant, [MASK]ed (PlantCAD LLR); . for alleles not scored">',
-        f'##INFO=<ID={PREF_TAG},Number=1,Type=Float,Description="nanodna probability of the '
-        f'reference allele at the variant, [MASK]ed">',
+        (f'##INFO=<ID={LLR_TAG},Number=A,Type=Float,Description="nanodna zero-shot log p(alt) - '
+         f'log p(ref) at the variant, [MASK]ed (PlantCAD LLR); . for alleles not scored">'),
+        (f'##INFO=<ID={PREF_TAG},Number=1,Type=Float,Description="nanodna probability of the '
+         f'reference allele at the variant, [MASK]ed">'),
     ]
     lines[-1:-1] = [x for x in info if x.split(",")[0] not in header]
     opener = pysam.BGZFile if path.endswith(".gz") else open

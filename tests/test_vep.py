@@ -14,7 +14,6 @@ import zipfile
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -49,8 +48,8 @@ def genome(tmp_path_factory):
     """(plain FASTA path, bgzipped FASTA path, contig name, sequence) of yeast chr I."""
     tmp = tmp_path_factory.mktemp("vep_genome")
     with zipfile.ZipFile(find_wheel(str(tmp))) as whl:
-        name = sorted(n for n in whl.namelist() if n.endswith("_genomic.fna.gz")
-                      and "_cds_" not in n and "_rna" not in n)[0]
+        name = min(n for n in whl.namelist() if n.endswith("_genomic.fna.gz")
+                   and "_cds_" not in n and "_rna" not in n)
         text = gzip.decompress(whl.read(name)).decode()
     header, *lines = text.splitlines()
     chrom, seq = header[1:].split()[0], "".join(lines)
@@ -74,7 +73,7 @@ def calls(genome, tmp_path_factory):
     n = len(seq)
     positions = sorted(set(rng.integers(1, n + 1, size=280).tolist())
                        | {1, 2, 10, 31, 32, 33, n - 40, n - 31, n - 1, n})
-    lines, expected, counts = [], [], dict(indel=0, sv=0, mismatch=0, other=0)
+    lines, expected, counts = [], [], {"indel": 0, "sv": 0, "mismatch": 0, "other": 0}
     for i, pos in enumerate(positions):
         ref = seq[pos - 1].upper()
         if ref not in "ACGT":
@@ -134,7 +133,8 @@ def table_path_scores(tmp_path, seq, expected, model):
 
 
 def read_tsv(path):
-    lines = open(path).read().splitlines()
+    with open(path) as f:
+        lines = f.read().splitlines()
     assert lines[0].split("\t") == ["chrom", "pos", "ref", "alt", "llr", "p_ref"]
     return [line.split("\t") for line in lines[1:]]
 
@@ -223,7 +223,7 @@ def test_eval_cli_scores_vcf_into_info_fields(genome, calls, model, tmp_path):
     r = subprocess.run(
         [sys.executable, os.path.join(ROOT, "eval.py"), "--checkpoint", str(tmp_path / "ckpt"),
          "--vcf", vcf, "--fasta", bgz_fa, "--out", str(out), "--batch-size", "16"],
-        capture_output=True, text=True, env=env, timeout=600,
+        check=False, capture_output=True, text=True, env=env, timeout=600,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{len(expected)} alleles" in r.stdout and "windows/s" in r.stdout
@@ -245,7 +245,8 @@ def test_cli_wrong_fasta_is_one_line(tmp_path, calls):
     r = subprocess.run(
         [sys.executable, "-m", "nanodna.vep", "--checkpoint", str(tmp_path), "--vcf", calls[0],
          "--fasta", str(gz)],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300,
+        check=False, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=300,
     )
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "bgzip" in r.stderr
     assert r.stderr.strip().count("\n") == 0
