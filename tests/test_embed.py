@@ -49,7 +49,7 @@ def test_matches_plantcaduceus_split_view_average():
 
 
 def test_strands_and_batching(imported):
-    name, model, cfg = imported
+    _, model, _ = imported
     x = random_tokens(1, 5, 33)
     e = np.asarray(embed.strand_hidden(model, x))
     e_rc = np.asarray(embed.strand_hidden(model, jnp.asarray(tokenizer.reverse_complement(x))))
