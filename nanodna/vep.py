@@ -3,10 +3,11 @@
     python -m nanodna.vep --checkpoint CKPT --vcf calls.vcf.gz --fasta genome.fa.gz --out scores.tsv
     python eval.py --checkpoint CKPT --vcf calls.vcf.gz --fasta genome.fa.gz --out scores.tsv
 
-Each SNV site gets the model's window cut from the FASTA with the variant at the window's centre
-index, max_len//2 - 1 (PlantCAD's convention, `tables.default_pos`); near a contig end the window
-is pushed inside the contig, and a contig shorter than max_len is scored whole, exactly as the
-table path crops a long row (`scoring.context_window`, with the contig as the row). The windows
+Each SNV site gets the window the table path would crop from a long row around it
+(`scoring.context_window`, with the contig as the row): the longest odd window that fits in
+max_len, variant at its centre (index 255 of 511 bases for max_len 512, PlantCAD's index
+`tables.default_pos(512)`); near a contig end the window is pushed inside the contig, and a
+contig shorter than max_len is scored whole. The windows
 are scored by the table path itself (`scoring.score_table`: [MASK] at the variant, softmax over
 a/c/g/t, both strands averaged where the model is not RC-equivariant by construction; a
 Caduceus-PS model computes both strands in every call). Per allele the output holds

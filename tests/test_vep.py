@@ -122,8 +122,8 @@ def table_path_scores(tmp_path, seq, expected, model):
     `pos`, cut independently of nanodna.vep), scored by the table path."""
     rows = ["sequence\tpos\tref\talt"]
     for pos, ref, alt in expected:
-        start = max(0, pos - 1 - MAX_LEN)
-        rows.append(f"{seq[start : pos - 1 + MAX_LEN]}\t{pos - 1 - start}\t{ref}\t{alt}")
+        start = max(0, pos - 1 - MAX_LEN)  # rows longer than max_len: the table path crops them
+        rows.append(f"{seq[start : pos + MAX_LEN]}\t{pos - 1 - start}\t{ref}\t{alt}")
     (tmp_path / "table.tsv").write_text("\n".join(rows) + "\n")
     table = read_table(tmp_path / "table.tsv", "variant")
     scores = scoring.score_table(model, CFG, table, batch_size=16)
@@ -163,12 +163,14 @@ def test_vcf_scores_equal_table_path(genome, calls, model, tmp_path):
 
 
 def test_vcf_window_is_centred(genome, model):
-    """Away from the ends the window is the PlantCAD one: variant at index max_len//2 - 1."""
+    """Away from the ends the variant sits at the centre of the table path's odd crop (index
+    max_len//2 - 1 of max_len - 1 bases for an even max_len: 255 of 511 for 512)."""
     _, _, _, seq = genome
+    w = MAX_LEN - 1
     start, stop = vep.site_window(len(seq), 5000, MAX_LEN)
-    assert (start, stop) == (5000 - (MAX_LEN // 2 - 1), 5000 - (MAX_LEN // 2 - 1) + MAX_LEN)
-    assert vep.site_window(len(seq), 3, MAX_LEN) == (0, MAX_LEN)
-    assert vep.site_window(len(seq), len(seq) - 2, MAX_LEN) == (len(seq) - MAX_LEN, len(seq))
+    assert (start, stop) == (5000 - (MAX_LEN // 2 - 1), 5000 - (MAX_LEN // 2 - 1) + w)
+    assert vep.site_window(len(seq), 3, MAX_LEN) == (0, w)
+    assert vep.site_window(len(seq), len(seq) - 2, MAX_LEN) == (len(seq) - w, len(seq))
     assert vep.site_window(40, 30, MAX_LEN) == (0, 40)  # a short contig is scored whole
 
 
