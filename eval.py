@@ -7,13 +7,15 @@
 results.json (ROC AUC, AUPRC with bootstrap 95% intervals, n, step, arch, speed, strand mode),
 scores.tsv and roc.png / hist.png beside it. The logic lives in nanodna.evaluation; this file only parses
 the command line. A bad table or checkpoint path (any nanodna.errors.UserError) ends with one
-`error: ...` line on stderr and exit code 2.
+`error: ...` line on stderr and exit code 2. With --vcf and --fasta instead of --data it scores
+a VCF's SNVs against the genome (nanodna.vep) and writes per-allele scores to --out.
 """
 
 import argparse
 import logging
 import sys
 
+from nanodna import vep
 from nanodna.errors import UserError, fail
 from nanodna.evaluation import metrics, report, tables
 
@@ -23,9 +25,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--checkpoint", required=True, help="training workdir (latest step) or one step's folder"
     )
-    p.add_argument(
-        "--data", required=True, help="eval table: .parquet, .csv or .tsv (optionally .gz)"
-    )
+    p.add_argument("--data", help="eval table: .parquet, .csv or .tsv (optionally .gz)")
+    vep.add_arguments(p)  # --vcf / --fasta: score a VCF's SNVs instead (nanodna.vep)
     p.add_argument("--task", choices=("conservation", "variant"), default="conservation")
     p.add_argument(
         "--out", default="results.json", help="results JSON; scores.tsv and roc.png go beside it"
@@ -42,6 +43,13 @@ def main(argv=None) -> int:
         p.error("--batch-size must be >= 1")
     if args.bootstrap < 0:
         p.error("--bootstrap must be >= 0")
+    if args.vcf or args.fasta:  # VCF + FASTA: per-allele scores, no metrics (nanodna.vep)
+        if not (args.vcf and args.fasta) or args.data:
+            p.error("give --data, or --vcf with --fasta")
+        args.out = "scores.tsv" if args.out == p.get_default("out") else args.out
+        return vep.run_cli(args)
+    if not args.data:
+        p.error("--data (or --vcf with --fasta) is required")
     # Orbax logs its read-only restore settings as warnings through absl: not news to a user.
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
