@@ -74,11 +74,11 @@ def _table(rng, rows, length, max_len):
 
 
 CASES = {
-    "caduceus_ps": dict(arch="caduceus", rcps=True),
-    "caduceus_ps_swap": dict(arch="caduceus", rcps=True, rcps_swap_strands=True),
-    "caduceus_ph": dict(arch="caduceus", rcps=False),
-    "transformer_mlm": dict(arch="transformer", causal=False, n_heads=2),
-    "transformer_clm": dict(arch="transformer", causal=True, n_heads=2),
+    "caduceus_ps": {"arch": "caduceus", "rcps": True},
+    "caduceus_ps_swap": {"arch": "caduceus", "rcps": True, "rcps_swap_strands": True},
+    "caduceus_ph": {"arch": "caduceus", "rcps": False},
+    "transformer_mlm": {"arch": "transformer", "causal": False, "n_heads": 2},
+    "transformer_clm": {"arch": "transformer", "causal": True, "n_heads": 2},
 }
 
 

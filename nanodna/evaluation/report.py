@@ -82,7 +82,7 @@ def evaluate_model(
         batch_size=scores.batch_size,
         inference_path=scores.inference_path,
         seconds=round(scores.seconds, 3),
-        windows_per_s=round(scores.windows_per_s, 2),
+        windows_per_s=float(f"{scores.windows_per_s:.4g}"),  # 4 digits: l20 on CPU is < 1/s
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     if table.label_R is not None:  # may raise (NaN scores): before anything is written
@@ -118,7 +118,7 @@ def summary_line(results: dict) -> str:
             auc += f" [{lo:.4f}, {hi:.4f}]"
         parts += [auc, f"auprc {results['auprc']:.4f}"]
     parts += [f"n {results['n']}", f"step {results.get('step')}",
-              f"{results['windows_per_s']:.1f} windows/s", f"strands {results['strand_mode']}"]
+              f"{results['windows_per_s']:.3g} windows/s", f"strands {results['strand_mode']}"]
     return "  ".join(parts)
 
 

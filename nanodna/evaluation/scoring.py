@@ -145,10 +145,12 @@ def allele_log_probs(
 ) -> Float[Array, "B 4"]:
     """log p(a/c/g/t at the target) under `rule`, optionally averaged over both strands.
     at_target: the masked rule's head runs at the target only (masked_allele_log_probs)."""
-    if rule == "masked":
-        rule_fn = lambda m, t, p: masked_allele_log_probs(m, t, p, at_target)  # noqa: E731
-    else:
-        rule_fn = causal_allele_log_probs
+
+    def rule_fn(model, tokens_BL, pos_B):
+        if rule == "masked":
+            return masked_allele_log_probs(model, tokens_BL, pos_B, at_target)
+        return causal_allele_log_probs(model, tokens_BL, pos_B)
+
     if not strand_average:
         return rule_fn(model, tokens_BL, pos_B)
     B, L = tokens_BL.shape

@@ -35,7 +35,7 @@ def forward_scan(
 
     dt is the final step size (bias and softplus applied); all inputs share one float dtype
     (the state dtype, see scan.state_dtype). reverse runs every scan from t = L-1 down."""
-    S, Bsz, L, Dch = u.shape
+    S, Bsz, _, Dch = u.shape
     A_NS1D = A.transpose(2, 0, 1)[:, :, None]
     xs = (u.transpose(2, 0, 1, 3), dt.transpose(2, 0, 1, 3),  # (L, S, B, D)
           B.transpose(2, 3, 0, 1)[..., None], C.transpose(2, 3, 0, 1)[..., None])  # (L, N, S, B, 1)
