@@ -31,7 +31,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--out", default="results.json", help="results JSON; scores.tsv and roc.png go beside it"
     )
-    p.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default: 8 on CPU, 64 on GPU/TPU)")
+    p.add_argument("--inference-path", choices=("fast", "old"), default="fast",
+                   help="old: the pre-issue-10 scoring path, for comparisons (same scores)")
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N rows")
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs (0: none)"
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = p.parse_args(argv)
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be >= 1")
     if args.bootstrap < 0:
         p.error("--bootstrap must be >= 0")
@@ -57,7 +60,8 @@ def main(argv=None) -> int:
         if table.label_R is not None:  # one label class has no AUC: say so before any work
             metrics.check_labels(table.label_R)
         results = report.evaluate_checkpoint(
-            args.checkpoint, table, args.out, args.batch_size, args.bootstrap, args.seed
+            args.checkpoint, table, args.out, args.batch_size, args.bootstrap, args.seed,
+            inference_path=args.inference_path,
         )
     except UserError as e:
         return fail(e)

@@ -9,9 +9,20 @@ load; the ratio (median of per-repeat ratios) is what the scoring rule costs on 
 Strand averaging doubles the model's work and the causal four-allele rule quadruples it, so
 their ratios sit near 1/2 and 1/4. Caduceus sizes run as PS (one strand; RCPS already runs
 both strands inside the model) and Ph (both strands); transformers as MLM and CLM.
+
+--paths compares scoring's two inference paths instead (issue 10), alternating in one process:
+
+    python benchmarks/bench_eval.py --paths --sizes plantcad_l20 --n-layers 1 --rows 40 \
+        --old-batch-size 64 --repeats 2
+
+"old" is score_table as eval.py ran it before issue 10 (batch 64, the training scan, full
+logits); "fast" the inference path (forward-only scan, head at the target, CPU batch size).
+Both include padding the last batch, so a table smaller than a batch shows the padding cost.
+--n-layers keeps a size's layer shape with fewer layers (time per window scales with depth).
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -53,14 +64,49 @@ def time_forward(model, tokens_RL: np.ndarray, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
+def compare_paths(args) -> None:
+    """Old vs fast scoring path on one table, alternating, medians; compilation excluded."""
+    table = random_table(args.rows, args.seq_len)
+    print(f"{args.seq_len} bp, {args.rows} windows, old batch {args.old_batch_size}, fast batch "
+          f"{args.fast_batch_size or scoring.default_batch_size()}, median of {args.repeats}, "
+          f"load {os.getloadavg()[0]:.1f}")
+    print("| model | old windows/s | fast windows/s | speed-up |")
+    print("|---|---|---|---|")
+    for size in args.sizes:
+        overrides = {"max_len": args.seq_len}
+        if args.n_layers:
+            overrides["n_layers"] = args.n_layers
+        cfg = sizes.get(size, **overrides)
+        model = build_model(cfg, jax.random.key(0))
+        runs = {"old": {"batch_size": args.old_batch_size, "inference_path": "old"},
+                "fast": {"batch_size": args.fast_batch_size, "inference_path": "fast"}}
+        for kw in runs.values():  # compile
+            scoring.score_table(model, cfg, table, **kw)
+        secs = {k: [] for k in runs}
+        for _ in range(args.repeats):
+            for k, kw in runs.items():
+                secs[k].append(scoring.score_table(model, cfg, table, **kw).seconds)
+        ratio = statistics.median(o / f for o, f in zip(secs["old"], secs["fast"]))
+        name = size + (f" ({cfg.n_layers} layers)" if args.n_layers else "")
+        print(f"| {name} | {args.rows / statistics.median(secs['old']):.3g} | "
+              f"{args.rows / statistics.median(secs['fast']):.3g} | {ratio:.2f}x |", flush=True)
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--paths", action="store_true", help="compare the old and fast scoring paths")
+    p.add_argument("--n-layers", type=int, default=None, help="override the size's depth")
+    p.add_argument("--old-batch-size", type=int, default=64)
+    p.add_argument("--fast-batch-size", type=int, default=None)
     p.add_argument("--sizes", nargs="+", default=["caduceus_tiny", "transformer_1m"])
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
+    if args.paths:
+        return compare_paths(args)
 
     if args.rows % args.batch_size:
         p.error("--rows must be a multiple of --batch-size (the baseline has no padding)")

@@ -35,6 +35,14 @@ Windows are scored in fixed-size batches, grouped by length, the last batch padd
 compilation per distinct length, whatever the table size. A model whose arrays live on a
 device mesh (as during training) has its batches split over that mesh.
 
+Inference paths (`inference_path`). "fast" (the default) is the scoring path: on CPU every
+selective scan runs as ops/scan_fwd.py's forward-only loop (no chunk-boundary states, nothing
+kept for a backward pass), the masked rule runs the LM head at the target position only
+(`model.logits_at`), and the batch size defaults to CPU_BATCH_SIZE (small batches waste
+less on padding the last batch and measured as fast per window as large ones on CPU). "old"
+is the path before issue 10 (the model as trained, full logits), kept so benchmarks and tests
+can compare the two; both give the same scores to float32 round-off.
+
 Glossary: B windows in a batch, L window length, V vocabulary (8), K the four alleles a/c/g/t,
 R rows of the table.
 """
@@ -56,7 +64,13 @@ from tqdm.auto import tqdm
 from nanodna import tokenizer
 from nanodna.evaluation.tables import EvalTable
 from nanodna.models import strand_mean
+from nanodna.models.build import with_scan_impl
 from nanodna.models.config import ModelConfig
+from nanodna.ops.scan import resolve_impl
+
+INFERENCE_PATHS = ("fast", "old")
+CPU_BATCH_SIZE = 8  # default windows per call on CPU (benchmarks/bench_eval.py --paths)
+ACCEL_BATCH_SIZE = 64  # default on GPU / TPU
 
 
 def scoring_rule(model_cfg: ModelConfig) -> str:
@@ -87,13 +101,19 @@ def strand_mode(model_cfg: ModelConfig, strand_average: bool | None = None) -> s
 
 
 def masked_allele_log_probs(
-    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"]
+    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"], at_target: bool = False
 ) -> Float[Array, "B 4"]:
-    """Mask the target, then log-softmax over a/c/g/t of the logits at the target."""
+    """Mask the target, then log-softmax over a/c/g/t of the logits at the target.
+
+    at_target: compute the logits at the target only (`model.logits_at`, when the model has
+    it) instead of at every position; the same numbers, less work and memory."""
     rows_B = jnp.arange(tokens_BL.shape[0])
     masked_BL = tokens_BL.at[rows_B, pos_B].set(tokenizer.MASK)
-    logits_BLV = model(masked_BL)
-    logits_BK = logits_BLV[rows_B, pos_B][:, tokenizer.ACGT]
+    if at_target and hasattr(model, "logits_at"):
+        logits_BV = model.logits_at(masked_BL, pos_B)
+    else:
+        logits_BV = model(masked_BL)[rows_B, pos_B]
+    logits_BK = logits_BV[:, tokenizer.ACGT]
     return jax.nn.log_softmax(logits_BK.astype(jnp.float32), axis=-1)
 
 
@@ -120,10 +140,17 @@ def causal_allele_log_probs(
 
 
 def allele_log_probs(
-    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"], rule: str, strand_average: bool
+    model, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"], rule: str, strand_average: bool,
+    at_target: bool = False,
 ) -> Float[Array, "B 4"]:
-    """log p(a/c/g/t at the target) under `rule`, optionally averaged over both strands."""
-    rule_fn = {"masked": masked_allele_log_probs, "causal": causal_allele_log_probs}[rule]
+    """log p(a/c/g/t at the target) under `rule`, optionally averaged over both strands.
+    at_target: the masked rule's head runs at the target only (masked_allele_log_probs)."""
+
+    def rule_fn(model, tokens_BL, pos_B):
+        if rule == "masked":
+            return masked_allele_log_probs(model, tokens_BL, pos_B, at_target)
+        return causal_allele_log_probs(model, tokens_BL, pos_B)
+
     if not strand_average:
         return rule_fn(model, tokens_BL, pos_B)
     B, L = tokens_BL.shape
@@ -138,6 +165,20 @@ def allele_log_probs(
 
 
 _allele_log_probs_jit = eqx.filter_jit(allele_log_probs)
+
+
+def inference_model(model):
+    """The model as the fast path runs it: on CPU (where "auto" picks a training scan) every
+    selective scan becomes the forward-only "fwd" loop; on GPU / TPU the model as it is (the
+    Pallas kernel keeps no states outside a backward pass). Same arrays, same function."""
+    if resolve_impl("auto") == "pallas":
+        return model
+    return with_scan_impl(model, "fwd")
+
+
+def default_batch_size() -> int:
+    """Windows per call when none is given: CPU_BATCH_SIZE on CPU, ACCEL_BATCH_SIZE on GPU/TPU."""
+    return ACCEL_BATCH_SIZE if resolve_impl("auto") == "pallas" else CPU_BATCH_SIZE
 
 
 def context_window(length: int, pos: int, max_len: int | None) -> tuple[int, int]:
@@ -168,6 +209,8 @@ class Scores:
     strand_average: bool  # a second pass on the reverse strand was made
     strand_mode: str  # 'average' | 'equivariant' | 'forward' (see `strand_mode`)
     seconds: float  # wall time, compilation included
+    batch_size: int = 0  # windows per model call (after defaults and mesh rounding)
+    inference_path: str = "fast"
 
     @property
     def windows_per_s(self) -> float:
@@ -178,22 +221,31 @@ def score_table(
     model,
     model_cfg: ModelConfig,
     table: EvalTable,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     strand_average: bool | None = None,
     progress: bool = False,
+    inference_path: str = "fast",
 ) -> Scores:
     """Score every row of `table` with the rule `model_cfg` calls for.
 
     strand_average None: the default for the model (`default_strand_average`: both strands,
-    except Caduceus-PS, which is strand-invariant in one pass). Raises ValueError for
-    batch_size < 1."""
+    except Caduceus-PS, which is strand-invariant in one pass). batch_size None: the default
+    for the backend (`default_batch_size`). inference_path "fast" or "old" (module docstring).
+    Raises ValueError for batch_size < 1 or an unknown inference_path."""
+    if batch_size is None:
+        batch_size = default_batch_size()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if inference_path not in INFERENCE_PATHS:
+        raise ValueError(f"inference_path must be one of {INFERENCE_PATHS}, got {inference_path!r}")
+    fast = inference_path == "fast"
     rule = scoring_rule(model_cfg)
     if strand_average is None:
         strand_average = default_strand_average(model_cfg)
     max_len = model_cfg.max_len
     model = eqx.nn.inference_mode(model)  # dropout off, if the model has any
+    if fast:
+        model = inference_model(model)
     sharding = batch_sharding(model)
     if sharding is not None:  # every device gets an equal slice of each batch
         n_dev = sharding.mesh.size
@@ -206,7 +258,7 @@ def score_table(
         for rows, tokens_BL, pos_B in window_batches(table, max_len, batch_size):
             if sharding is not None:
                 tokens_BL, pos_B = _put(tokens_BL, sharding), _put(pos_B, sharding)
-            out_BK = _allele_log_probs_jit(model, tokens_BL, pos_B, rule, strand_average)
+            out_BK = _allele_log_probs_jit(model, tokens_BL, pos_B, rule, strand_average, fast)
             # Fetch the previous batch only now, so the device works while we build this one.
             if pending is not None:
                 _collect(log_probs_RK, *pending, bar)
@@ -224,6 +276,8 @@ def score_table(
         strand_average=strand_average,
         strand_mode=strand_mode(model_cfg, strand_average),
         seconds=seconds,
+        batch_size=batch_size,
+        inference_path=inference_path,
     )
 
 
@@ -268,6 +322,8 @@ def _collect(log_probs_RK: np.ndarray, rows: list[int], out_BK, bar) -> None:
         out_BK = multihost_utils.process_allgather(out_BK, tiled=True)
     log_probs_RK[rows] = np.asarray(out_BK)[: len(rows)]
     bar.update(len(rows))
+    # tqdm's own rate turns into s/window below 1 window/s; state windows/s always.
+    bar.set_postfix_str(f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.3g} windows/s")
 
 
 def task_scores(

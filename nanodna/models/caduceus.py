@@ -84,6 +84,14 @@ class Caduceus(eqx.Module):
             return rcps.head(self.hidden(rcps.fold(tokens_BL)), self.embed)
         return jnp.einsum("bld,vd->blv", self.hidden(tokens_BL), self.embed)
 
+    def logits_at(self, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"]) -> Float[Array, "B V"]:
+        """self(tokens_BL)[b, pos_B[b]]: every position runs through the trunk, only one per
+        row through the head (what the masked scoring rule reads)."""
+        if self.rcps:
+            return rcps.head_at(self.hidden(rcps.fold(tokens_BL)), self.embed, pos_B)
+        h_BD = self.hidden(tokens_BL)[jnp.arange(tokens_BL.shape[0]), pos_B]
+        return h_BD @ self.embed.T
+
 
 def strand_mean(fwd_BxV: Float[Array, "*B V"], rc_BxV: Float[Array, "*B V"]) -> Float[Array, "*B V"]:
     """The one strand average: the mean of the two strands' logits (or log-probabilities).

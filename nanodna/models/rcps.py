@@ -55,6 +55,20 @@ def head(h_2BLD: Float[Array, "B2 L D"], W_VD: Float[Array, "V D"]) -> Float[Arr
     return logits_fwd + jnp.einsum("bld,vd->blv", jnp.flip(h_rc, axis=1), W_comp)
 
 
+def head_at(
+    h_2BLD: Float[Array, "B2 L D"], W_VD: Float[Array, "V D"], pos_B: Int[Array, " B"]
+) -> Float[Array, "B V"]:
+    """`head` at one position per row, head(h)[b, pos_B[b]], without the other positions:
+    the forward strand's h at pos, the rc strand's at L-1-pos (inference, scoring)."""
+    h_fwd, h_rc = jnp.split(h_2BLD, 2, axis=0)
+    rows_B, L = jnp.arange(h_fwd.shape[0]), h_fwd.shape[1]
+    W = W_VD.astype(jnp.float32)
+    W_comp = W[jnp.asarray(COMPLEMENT, jnp.int32)]
+    h_fwd_BD = h_fwd[rows_B, pos_B].astype(jnp.float32)
+    h_rc_BD = h_rc[rows_B, L - 1 - pos_B].astype(jnp.float32)
+    return h_fwd_BD @ W.T + h_rc_BD @ W_comp.T
+
+
 def rc_logits(logits_BLV: Float[Array, "B L V"]) -> Float[Array, "B L V"]:
     """What the logits of rc(x) must be for an RC-equivariant model: flip L, complement V."""
     return jnp.flip(logits_BLV, axis=1)[..., jnp.asarray(COMPLEMENT, jnp.int32)]

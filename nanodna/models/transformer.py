@@ -122,3 +122,7 @@ class Transformer(eqx.Module):
     def __call__(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L V"]:
         # The head runs in float32: V = 8 makes it free, and logits feed a softmax.
         return jnp.einsum("bld,vd->blv", self.hidden(tokens_BL), self.head)
+
+    def logits_at(self, tokens_BL: Int[Array, "B L"], pos_B: Int[Array, " B"]) -> Float[Array, "B V"]:
+        """self(tokens_BL)[b, pos_B[b]], the head run at that one position per row only."""
+        return self.hidden(tokens_BL)[jnp.arange(tokens_BL.shape[0]), pos_B] @ self.head.T

@@ -20,6 +20,8 @@ Implementations (`impl=`):
                memory than the associative scan, which makes it the fastest form on CPU.
     "chunked_vjp"  chunked_seq's forward with a hand-written backward (ops/scan_vjp.py): only
                chunk-boundary states are saved, the adjoint recurrence runs in reverse.
+    "fwd"      inference only (ops/scan_fwd.py): one plain loop over the whole sequence that
+               keeps nothing for a backward pass; what scoring runs on CPU.
     "assoc"    one associative scan over the whole sequence (for benchmarks).
     "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU); when
                the inputs are split over a multi-device mesh it runs per device under shard_map.
@@ -45,7 +47,7 @@ from kernels.pallas import (
     sharded_bidirectional_scan,
     sharded_selective_scan,
 )
-from nanodna.ops import scan_vjp
+from nanodna.ops import scan_fwd, scan_vjp
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")  # the scans' array arguments
 
@@ -188,7 +190,7 @@ def _scan_chunked(u32, delta32, A32, B32, C32, chunk: int, sequential: bool):
 
 DEFAULT_CHUNK = 64  # chunk length T; see benchmarks/results_models.md for the sweep
 SEQ_UNROLL = 4  # time steps per loop iteration in "chunked_seq"
-IMPLS = ("auto", "ref", "chunked", "chunked_seq", "chunked_vjp", "assoc", "pallas")
+IMPLS = ("auto", "ref", "chunked", "chunked_seq", "chunked_vjp", "fwd", "assoc", "pallas")
 
 
 def resolve_impl(impl: str) -> str:
@@ -259,9 +261,12 @@ def selective_scan(
             return sharded_selective_scan(*on_mesh, u, delta, A, B, C, **kw)
         return selective_scan_pallas(u, delta, A, B, C, **kw)
     u32, delta32, A32, B32, C32 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if impl == "chunked_vjp":  # one direction: S = 1
-        y_SBLD = scan_vjp.chunked_scan(*(a[None] for a in (u32, delta32, A32, B32, C32)),
-                                       chunk, reverse)
+    if impl in ("chunked_vjp", "fwd"):  # one direction: S = 1
+        args = tuple(a[None] for a in (u32, delta32, A32, B32, C32))
+        if impl == "fwd":
+            y_SBLD = scan_fwd.forward_scan(*args, reverse)
+        else:
+            y_SBLD = scan_vjp.chunked_scan(*args, chunk, reverse)
         return _finish(y_SBLD[0], u, D, z, u.dtype)
     if reverse:  # the reverse recurrence is the forward one on time-flipped inputs
         u32, delta32, B32, C32 = (jnp.flip(a, axis=1) for a in (u32, delta32, B32, C32))
@@ -300,13 +305,16 @@ def selective_scan_bidirectional(
             return sharded_bidirectional_scan(*on_mesh, u, delta, A, B, C, **kw)
         return bidirectional_scan_pallas(u, delta, A, B, C, **kw)
     pick = lambda x, s: None if x is None else x[s]  # noqa: E731
-    if impl == "chunked_vjp":  # both directions in one loop, S=1 time-flipped; one gate
+    if impl in ("chunked_vjp", "fwd"):  # both directions in one loop, S=1 time-flipped; one gate
         per_dir = [_prepare(u[s], delta[s], A[s], B[s], C[s], None, None, pick(delta_bias, s),
                             delta_softplus) for s in (0, 1)]
         u32, dt32, A32, B32, C32 = (
             jnp.stack([x0, x1 if x0.ndim == 2 else jnp.flip(x1, axis=1)])
             for x0, x1 in zip(*per_dir))
-        y_SBLD = scan_vjp.chunked_scan(u32, dt32, A32, B32, C32, DEFAULT_CHUNK, False)
+        if impl == "fwd":
+            y_SBLD = scan_fwd.forward_scan(u32, dt32, A32, B32, C32)
+        else:
+            y_SBLD = scan_vjp.chunked_scan(u32, dt32, A32, B32, C32, DEFAULT_CHUNK, False)
         y_BLD = y_SBLD[0] + jnp.flip(y_SBLD[1], axis=1)
         if D is not None:
             y_BLD = y_BLD + u[0].astype(y_BLD.dtype) * D[0] + u[1].astype(y_BLD.dtype) * D[1]
