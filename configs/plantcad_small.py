@@ -58,7 +58,7 @@ def get_config() -> Config:
             keep_checkpoints=3,
             fsdp=False,  # 21M params: replicate; turn on for the large sizes
             # Memory, from XLA's memory analysis of the compiled step (printed at start-up;
-            # CPU, 2026-11-29): 128 x 512 bp x 2 strands without remat needs 37 GiB of
+            # BENCHMARKS.md "plantcad_small step memory"): 128 x 512 bp x 2 strands without remat needs 37 GiB of
             # temporaries for just 2 of the 20 layers (the whole model: the 288 GiB the issue
             # saw), far beyond a 24 GiB machine. With model.remat and the batch in 8 sequential
             # microbatches of 16 windows (same update as the whole batch) the 20-layer step

@@ -18,19 +18,10 @@ Matched per-token budgets: every run trains WSD-S for cycles x cycle_steps = 384
 352/384, each scored on the first 1,000 rows of the set's conservation table (490
 conserved; 1,000 bootstrap resamples): scoring all 3,000 rows took longer than training.
 
-Time: the target is about 60 minutes on this 2-core machine. It has not been timed end to end
-here: when this config was written the machine was shared by other jobs (load average 12-14).
-30-40-step train.py runs then measured, in tokens/s after compilation (2026-11-29):
-Caduceus-PS d32: 473-589, d128: 127-138; causal transformer d32: 3096-3978, d128: 1176-1343
-(so Caduceus is 6-10x slower per token, and d128 3-4x slower than d32). configs/demo.py
-documents ~3k tokens/s for caduceus_tiny (64 x 4) and ~14k for a 96 x 4 causal transformer on
-an idle machine. Scaling the first by the measured ratios gives roughly 6k / 3k / 1.5k tokens/s
-for Caduceus d32 / d64 / d128 at 3 layers: 1.57M x (1/6k + 1/3k + 1/1.5k) s ~ 30 minutes for
-the three Caduceus runs, and with the transformer 6-10x faster, about 5 minutes for each
-transformer architecture; compilation and the 72 scorings of the table add the rest. This is an
-estimate, not a measurement: results.tsv's wall_s column gives the real figure after a run.
-Expect little signal: configs/demo.py notes that a model needs ~4M tokens to leave the
-base-composition plateau, more than this budget.
+Time: the target is about 60 minutes on this 2-core machine; the wall seconds measured per run
+are in results.tsv (`wall_s`), and this session's partial run is in EXPERIMENTS.md. Expect little
+signal at this budget: configs/demo.py notes that a model needs ~4M tokens to leave the
+base-composition plateau.
 """
 
 from nanodna.sweep.config import Run, SweepConfig

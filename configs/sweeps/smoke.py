@@ -8,9 +8,8 @@ rule), one toy size each (16 wide, 1 layer), three WSD-S cycles of 10 steps (hot
 The simulated `demo` set is generated inside OUT. The numbers it produces mean nothing: the
 models see 15k tokens. tests/test_sweep.py runs it end to end, then reruns it.
 
-Time: meant to take under 2 minutes on an idle machine, which has not been verified: on
-2026-11-29, with the 2 cores shared by other jobs (load average 12-14), the test (the sweep plus
-its rerun) took 643 s with a cold compilation cache, then 482 s and 140 s with a warm one.
+Time: meant to take under 2 minutes on an idle machine (not yet verified on one; the figures
+measured on a shared machine are in EXPERIMENTS.md).
 """
 
 from nanodna.sweep.config import Run, SweepConfig
