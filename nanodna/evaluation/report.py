@@ -124,7 +124,7 @@ def summary_line(results: dict) -> str:
 
 def write_scores_tsv(path: str, table: EvalTable, scores: scoring.Scores) -> None:
     """One line per table row, in table order (row = 0-based row of the table)."""
-    base = np.array(list("ACGT"))
+    base = np.array(list(tokenizer.BASES))
     columns = {
         "row": np.arange(len(table)),
         "pos": table.pos_R,
@@ -135,7 +135,7 @@ def write_scores_tsv(path: str, table: EvalTable, scores: scoring.Scores) -> Non
     if table.label_R is not None:
         columns["label"] = table.label_R
     columns["score"] = [f"{s:.6g}" for s in scores.score_R]
-    for k, b in enumerate("acgt"):
+    for k, b in enumerate(tokenizer.BASES.lower()):
         columns[f"logp_{b}"] = [f"{s:.6g}" for s in scores.log_probs_RK[:, k]]
     with open(path, "w") as f:
         f.write("\t".join(columns) + "\n")

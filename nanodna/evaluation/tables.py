@@ -30,7 +30,7 @@ from nanodna.data import tables as data_tables
 from nanodna.errors import UserError
 
 TASKS = ("conservation", "variant")
-BASES = "ACGT"
+BASES = tokenizer.BASES
 
 _COLUMNS = ("sequence", "label", "pos", "ref", "alt")
 

@@ -55,8 +55,7 @@ RELATIVES = {
     "lyrata": "Alyr1_chr1_chr2_GCA_026151145.1_ALyr_1.0_genomic.fna.gz",
     "arenosa": "AareAARE701a_chr1_chr2_GCA_905216605.1_AARE701a_genomic.fna.gz",
 }
-BASES = "ACGT"
-_COMP = str.maketrans("ACGT", "TGCA")
+BASES = tokenizer.BASES
 _CODON_TABLE = (  # standard genetic code, codons in TCAG order (NCBI transl_table=1)
     "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
 )
