@@ -19,9 +19,9 @@ from nanodna.models.transformer import Transformer
 def build_model(cfg: ModelConfig, key: PRNGKeyArray) -> eqx.Module:
     """A freshly initialised model for `cfg` (float32 parameters)."""
     if cfg.arch == "caduceus":
-        return Caduceus(cfg, key)
+        return Caduceus(cfg, key=key)
     if cfg.arch == "transformer":
-        return Transformer(cfg, key)
+        return Transformer(cfg, key=key)
     raise ValueError(f"unknown arch {cfg.arch!r}")
 
 

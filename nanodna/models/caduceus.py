@@ -63,7 +63,7 @@ class Caduceus(eqx.Module):
     rcps: bool = eqx.field(static=True)
     remat: bool = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, key: PRNGKeyArray):
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_emb, k_blocks = jax.random.split(key)
         self.embed = EMBED_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
         self.blocks = stack_layers(lambda k: make_block(cfg, k), cfg.n_layers, k_blocks)

@@ -63,7 +63,7 @@ class SelectiveSSM(eqx.Module):
     d_state: int = eqx.field(static=True)
     scan_impl: str = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, key: PRNGKeyArray):
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
         k_cw, k_cb, k_x, k_dtw, k_dt = jax.random.split(key, 5)
         bound = 1.0 / math.sqrt(K)  # PyTorch Conv1d default (fan_in = K for depthwise)
@@ -130,7 +130,7 @@ def make_mamba(cfg: ModelConfig, key: PRNGKeyArray) -> Mamba:
     k_in, k_ssm, k_out = jax.random.split(key, 3)
     return Mamba(
         in_proj=Linear(cfg.d_model, 2 * cfg.d_inner, k_in, dtype=cfg.compute_dtype),
-        ssm=SelectiveSSM(cfg, k_ssm),
+        ssm=SelectiveSSM(cfg, key=k_ssm),
         out_proj=_out_proj(cfg, k_out),
     )
 
@@ -169,7 +169,7 @@ def make_bimamba(cfg: ModelConfig, key: PRNGKeyArray) -> BiMamba:
     if not cfg.bidirectional:
         rev = None
     elif cfg.tie_in_out_proj:
-        rev = SelectiveSSM(cfg, k_rev)
+        rev = SelectiveSSM(cfg, key=k_rev)
     else:
         rev = make_mamba(cfg, k_rev)
     return BiMamba(fwd=make_mamba(cfg, k_fwd), rev=rev)

@@ -104,7 +104,7 @@ class Transformer(eqx.Module):
     head: Array  # (V, D), untied
     remat: bool = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, key: PRNGKeyArray):
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_emb, k_blocks, k_head = jax.random.split(key, 3)
         self.embed = INIT_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
         self.blocks = stack_layers(lambda k: make_block(cfg, k), cfg.n_layers, k_blocks)
