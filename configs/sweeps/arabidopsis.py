@@ -5,35 +5,32 @@ conservation table.
     python -m nanodna.sweep --config configs/sweeps/arabidopsis.py --out runs/sweep_arabidopsis
 
 Same architectures, recipes, sizes and WSD-S cycle as configs/sweeps/cpu.py; the data are the
-genome store and held-out part of A. thaliana that nanodna.tasks.arabidopsis prepares (being
-built alongside this sweep: if its output layout differs, change the four constants below and
-nothing else). Not yet run: no time estimate is claimed here; per token it costs what cpu.py
-costs (same models, windows and batch), plus reading a larger store.
+genome stores that nanodna.tasks.arabidopsis prepares (training genomes; the held-out tail of
+A. thaliana chr1 for the validation loss) and its conservation table of that tail. Not yet run
+end to end: per token it costs what cpu.py costs (same models, windows and batch).
 """
 
 import dataclasses
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-import cpu
+from nanodna.sweep.config import load_sweep
 
 # What `python -m nanodna.tasks.arabidopsis --out data/arabidopsis` writes (paths relative to the
-# repository root, where train.py runs).
+# repository root, where train.py runs): the training genomes, the held-out tail of A. thaliana
+# chr1 as its own store (one assembly), and the real conservation table of that tail.
 ARABIDOPSIS_DIR = "data/arabidopsis"
-ARABIDOPSIS_STORE = os.path.join(ARABIDOPSIS_DIR, "store")  # genome store of the 3 species
-ARABIDOPSIS_TABLE = os.path.join(ARABIDOPSIS_DIR, "eval", "conservation.tsv")  # A. thaliana
-# The held-out part of A. thaliana for the validation loss (a chromosome name in the store).
-ARABIDOPSIS_HOLDOUT_CHROMOSOMES = ("thaliana_chr1_holdout",)
+ARABIDOPSIS_STORE = os.path.join(ARABIDOPSIS_DIR, "store")
+ARABIDOPSIS_HELDOUT_STORE = os.path.join(ARABIDOPSIS_DIR, "store_heldout")
+ARABIDOPSIS_HELDOUT_ASSEMBLY = "Atha_TAIR10_chr1_heldout"  # validation loss only
+ARABIDOPSIS_TABLE = os.path.join(ARABIDOPSIS_DIR, "tables", "conservation.parquet")
 
 
 def get_sweep():
     real_data = (
         "simulate.preset=None",
-        f"data.store_dirs=('{ARABIDOPSIS_STORE}',)",
-        "data.holdout_assemblies=()",
-        f"data.holdout_chromosomes={ARABIDOPSIS_HOLDOUT_CHROMOSOMES!r}",
+        f"data.store_dirs=('{ARABIDOPSIS_STORE}', '{ARABIDOPSIS_HELDOUT_STORE}')",
+        f"data.holdout_assemblies=('{ARABIDOPSIS_HELDOUT_ASSEMBLY}',)",
     )
-    sweep = cpu.get_sweep()
+    sweep = load_sweep(os.path.join(os.path.dirname(__file__), "cpu.py"))
     return dataclasses.replace(sweep, table=ARABIDOPSIS_TABLE,
                                extra_overrides=(*sweep.extra_overrides, *real_data))
