@@ -68,6 +68,18 @@ def test_metrics_jsonl_and_checkpoints(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["optim"]["schedule"] == "wsds"
 
 
+def test_eval_on_a_checkpoint_step_logs_every_step_once(tmp_path):
+    """A hot/cold checkpoint step that is also an evaluation step (as the sweep sets them up):
+    the checkpoint pulls the step's metrics first, and the evaluation must not pull again."""
+    cfg = _cfg(steps=6)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, every=1))
+    summary = _train(cfg, tmp_path)
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 7))
+    assert [r["step"] for r in rows if "eval/val_loss" in r] == list(range(1, 7))
+    assert summary["step"] == 6 and summary["stopped"] == "done"
+
+
 def test_resume_is_exact(tmp_path):
     straight = _train(_cfg(steps=6), tmp_path / "a")
     _train(_cfg(steps=4), tmp_path / "b")  # stop at 4 (a checkpoint step) ...

@@ -248,7 +248,8 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
                 if run.step % tc.checkpoint_every == 0 or run.step in labels:
                     save()
                 if cfg.eval.every and run.step % cfg.eval.every == 0 and run.step < run.total:
-                    run.last = pull()
+                    if run.pending is not None:  # save() may have pulled it already
+                        run.last = pull()
                     run_eval()
             if run.pending is not None:
                 run.last = pull(force_log=True)  # the last step is always logged
