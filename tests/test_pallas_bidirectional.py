@@ -31,7 +31,7 @@ def value_and_vjp(fn, x, ct):
 @pytest.mark.parametrize(
     "dtype, backend",
     [(jnp.float32, "interpreter"), (jnp.bfloat16, "triton_interpret"),
-     (jnp.bfloat16, "mosaic_gpu_interpret")],
+     pytest.param(jnp.bfloat16, "mosaic_gpu_interpret", marks=pytest.mark.slow)],
 )
 def test_fused_matches_two_reference_scans(dtype, backend):
     # Batch 4 = 2 sequences x 2 RC strands folded in; odd L, D and N force padding.

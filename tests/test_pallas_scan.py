@@ -113,6 +113,7 @@ def test_gpu_layout_in_interpreter(bwd_in_registers):
     check_against_ref(x, jnp.float32, softplus=True, reverse=False, impl=gpu_layout)
 
 
+@pytest.mark.slow  # about a minute in JAX's GPU interpreter
 def test_mosaic_gpu_program_in_interpreter():
     # The Hopper program (mosaic_gpu.py) in JAX's GPU interpreter, which fills fresh buffers
     # with NaN and simulates TMA copies and barriers: L=40 is 3 chunks of 16 with padding,
@@ -282,6 +283,7 @@ def test_ops_runs_the_kernel_under_shard_map_on_a_mesh():
                                **TOL[jnp.float32])  # fmt: skip
 
 
+@pytest.mark.slow  # the whole GPU bench in smoke mode, about a minute
 def test_bench_smoke(tmp_path, capsys):
     # In-process: the tiny benchmark reuses this session's JAX instead of starting another.
     results = bench_pallas.main(["--smoke", "--out", str(tmp_path)])
