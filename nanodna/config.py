@@ -18,8 +18,6 @@ Grain: the two section types come from their light modules.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -32,6 +30,7 @@ from nanodna.overrides import (  # noqa: F401 (re-exported: the config's grammar
     build,
     check_type,
     format_config,
+    load_python_config,
     to_dict,
 )
 
@@ -134,19 +133,8 @@ SECTIONS: dict[str, type] = {
 
 
 def load_config(path: str) -> Config:
-    """Execute a config file and return its `get_config()`."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    name = "nanodna_config_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path} defines no get_config()")
-    cfg = module.get_config()
-    if not isinstance(cfg, Config):
-        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not Config")
-    return cfg
+    """Execute a config file and return its `get_config()` (a Config; else ConfigError)."""
+    return load_python_config(path, "get_config", Config)
 
 
 def from_dict(d: dict) -> Config:

@@ -14,6 +14,8 @@ import ast
 import collections.abc
 import dataclasses
 import difflib
+import importlib.util
+import os
 import types
 import typing
 from typing import Any, Literal
@@ -186,3 +188,24 @@ def build(cls: type, d: dict, prefix: str = "") -> Any:
         else:
             kwargs[name] = check_type(value, tp, prefix + name)
     return cls(**kwargs)
+
+
+def load_python_config(path: str, function: str, expected: type, error: type = None) -> Any:
+    """Execute a Python config file and return `function()`'s result, checked to be an
+    `expected` instance (configs/*.py: get_config; configs/sweeps/*.py: get_sweep). Raises
+    `error` (default ConfigError) with one line for a missing file, function or wrong type."""
+    error = error or ConfigError
+    if not os.path.isfile(path):
+        raise error(f"config file not found: {path}")
+    name = f"nanodna_{function}_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        raise error(f"{path} defines no {function}()")
+    value = getattr(module, function)()
+    if not isinstance(value, expected):
+        raise error(f"{path}: {function}() returned {type(value).__name__}, "
+                    f"not {expected.__name__}")
+    return value
+

@@ -10,12 +10,12 @@ run of a sweep shares one cycle length and is scored on one table.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
 
 from nanodna.errors import UserError
+from nanodna.overrides import load_python_config
 
 
 class SweepConfigError(UserError):
@@ -89,20 +89,8 @@ class SweepConfig:
 
 
 def load_sweep(path: str) -> SweepConfig:
-    """Execute a sweep config file and return its `get_sweep()`."""
-    if not os.path.isfile(path):
-        raise SweepConfigError(f"sweep config not found: {path}")
-    name = "nanodna_sweep_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise SweepConfigError(f"{path} defines no get_sweep()")
-    sweep = module.get_sweep()
-    if not isinstance(sweep, SweepConfig):
-        raise SweepConfigError(f"{path}: get_sweep() returned {type(sweep).__name__}, "
-                               "not SweepConfig")
-    return sweep
+    """Execute a sweep config file and return its `get_sweep()` (else SweepConfigError)."""
+    return load_python_config(path, "get_sweep", SweepConfig, SweepConfigError)
 
 
 def substitute(sweep: SweepConfig, out: str) -> SweepConfig:
