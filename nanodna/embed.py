@@ -49,6 +49,7 @@ from nanodna.data import DataError
 from nanodna.data import tables as data_tables
 from nanodna.data.fasta import read_fasta
 from nanodna.errors import UserError, fail
+from nanodna.evaluation.tables import encode_sequence
 
 FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
 
@@ -80,16 +81,8 @@ def read_windows(path: str, window: int | None) -> Iterator[tuple[str, int, np.n
             return
         row = 0
         for batch in data_tables.read_table_batches(path, ["sequence"]):
-            for seq in batch["sequence"]:
-                if isinstance(seq, bytes):
-                    seq = seq.decode("ascii", errors="replace")
-                if not isinstance(seq, str) or not seq:
-                    raise EmbedError(f"{path}: row {row}: empty sequence")
-                try:
-                    ids, _ = tokenizer.encode(seq)
-                except tokenizer.IllegalCharacterError as e:
-                    raise EmbedError(f"{path}: row {row}: illegal character "
-                                     f"{seq[e.position]!r} at offset {e.position}") from None
+            for value in batch["sequence"]:
+                _, ids = encode_sequence(value, f"{path}: row {row}", EmbedError)
                 yield str(row), 0, ids
                 row += 1
     except DataError as e:

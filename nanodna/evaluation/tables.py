@@ -98,19 +98,23 @@ def read_table(
     )
 
 
-def _parse_row(columns: dict[str, list], i: int, task: str, where: str) -> tuple:
-    """Row i -> (ids, pos, ref id, alt id or None, label or None), or a one-line error."""
-    seq = columns["sequence"][i]
-    if isinstance(seq, bytes):
-        seq = seq.decode("ascii", errors="replace")
+def encode_sequence(value, where: str, error: type[UserError] = EvalTableError):
+    """A table cell's `sequence` -> (text, token ids), or `error` with one line naming `where`
+    (an empty cell, or a character that is neither a base nor an IUPAC code)."""
+    seq = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
     if not isinstance(seq, str) or not seq:
-        raise EvalTableError(f"{where}: empty sequence")
+        raise error(f"{where}: empty sequence")
     try:
         ids, _ = tokenizer.encode(seq)
     except tokenizer.IllegalCharacterError as e:
-        raise EvalTableError(
-            f"{where}: illegal character {seq[e.position]!r} at offset {e.position} of the sequence"
-        ) from None
+        raise error(f"{where}: illegal character {seq[e.position]!r} at offset {e.position} "
+                    "of the sequence") from None
+    return seq, ids
+
+
+def _parse_row(columns: dict[str, list], i: int, task: str, where: str) -> tuple:
+    """Row i -> (ids, pos, ref id, alt id or None, label or None), or a one-line error."""
+    seq, ids = encode_sequence(columns["sequence"][i], where)
     pos = _parse_pos(columns["pos"][i], where) if "pos" in columns else default_pos(len(seq))
     if not 0 <= pos < len(seq):
         raise EvalTableError(f"{where}: pos {pos} is outside the sequence (length {len(seq)})")
