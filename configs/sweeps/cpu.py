@@ -12,23 +12,26 @@ Architectures, each with its recipe (base configs hold the data and objective):
                      it for causal models)
     transformer-mlm  configs/demo.py made bidirectional with the masked LM and reverse-complement
                      augmentation (as configs/transformer_mlm_small.py does at l20 size)
-Sizes: widths 32, 64, 128 at 3 layers (about 4x the non-embedding parameters per step).
-Matched per-token budgets: every run trains WSD-S for cycles x cycle_steps = 384 steps of
-32 windows x 128 bp = 1.57M tokens, with hot/cold checkpoints at steps 96/128, 224/256 and
-352/384, each scored on the first 1,000 rows of the set's conservation table (490
-conserved; 1,000 bootstrap resamples): scoring all 3,000 rows took longer than training.
+Sizes, log-spaced at 3 layers: transformers 32 / 64 / 128 wide, Caduceus-PS 16 / 32 / 64 wide
+(its two strands and BiMamba make a Caduceus-PS token ~4x a same-width transformer's CPU time,
+so its grid sits one width lower).
+Matched per-token budgets: every run trains WSD-S for 4 cycles of 256 steps (64-step cooldowns)
+of 32 windows x 128 bp = 4.19M tokens, the length at which configs/demo.py's models leave the
+base-composition plateau (BENCHMARKS.md, "Learnability probe"); hot/cold checkpoints at steps
+192/256, 448/512, 704/768 and 960/1024, each scored on the first 1,000 rows of the set's
+conservation table (490 conserved; 1,000 bootstrap resamples).
 
-Time: the target is about 60 minutes on this 2-core machine; the wall seconds measured per run
-are in results.tsv (`wall_s`), and this session's partial run is in EXPERIMENTS.md. Expect little
-signal at this budget: configs/demo.py notes that a model needs ~4M tokens to leave the
-base-composition plateau.
+Time: about 2 hours on this 2-core machine (measured wall seconds per run are in results.tsv,
+`wall_s`, and in EXPERIMENTS.md): the budget that leaves the plateau does not fit in 60 minutes
+here. For a quicker look, copy this file and lower `cycles`.
 """
 
 from nanodna.sweep.config import Run, SweepConfig
 
-WIDTHS = (32, 64, 128)
+WIDTHS = {"transformer-clm": (32, 64, 128), "transformer-mlm": (32, 64, 128),
+          "caduceus-ps": (16, 32, 64)}
 LAYERS = 3
-HEADS = {32: 2, 64: 4, 128: 4}
+HEADS = {16: 2, 32: 2, 64: 4, 96: 4, 128: 4}
 MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
 MLM = ("model.causal=False", "data.mode=mlm", "data.rc_augment=True")
 ARCHS = {
@@ -41,8 +44,9 @@ ARCHS = {
 def runs(widths=WIDTHS) -> tuple[Run, ...]:
     """The architecture x width grid (also used by configs/sweeps/arabidopsis.py)."""
     out = []  # smallest width of every architecture first: an interrupted sweep has all three
-    for d in widths:
+    for i in range(3):
         for arch, (config, recipe) in ARCHS.items():
+            d = widths[arch][i]
             size = [f"model.d_model={d}", f"model.n_layers={LAYERS}"]
             if arch != "caduceus-ps":
                 size.append(f"model.n_heads={HEADS[d]}")
@@ -53,9 +57,9 @@ def runs(widths=WIDTHS) -> tuple[Run, ...]:
 def get_sweep() -> SweepConfig:
     return SweepConfig(
         runs=runs(),
-        cycle_steps=128,
-        cycles=3,
-        decay_fraction=0.25,  # 32-step cooldowns; validation every 32 steps
+        cycle_steps=256,
+        cycles=4,
+        decay_fraction=0.25,  # 64-step cooldowns; validation every 64 steps
         table="data/sim_demo/eval/conservation.tsv",
         max_rows=1000,  # the table's first 1,000 rows (490 conserved): 3x less scoring time
         bootstrap=1000,
