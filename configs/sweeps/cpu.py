@@ -34,10 +34,10 @@ LAYERS = 3
 HEADS = {16: 2, 32: 2, 64: 4, 96: 4, 128: 4}
 MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
 MLM = ("model.causal=False", "data.mode=mlm", "data.rc_augment=True")
-ARCHS = {
+ARCHS = {  # per size in this order: an interrupted sweep holds the main pair first
     "transformer-clm": ("configs/demo.py", MARIN),
-    "transformer-mlm": ("configs/demo.py", MLM),
     "caduceus-ps": ("configs/demo_caduceus.py", ()),
+    "transformer-mlm": ("configs/demo.py", MLM),
 }
 
 
