@@ -12,9 +12,10 @@ Architectures, each with its recipe (base configs hold the data and objective):
                      it for causal models)
     transformer-mlm  configs/demo.py made bidirectional with the masked LM and reverse-complement
                      augmentation (as configs/transformer_mlm_small.py does at l20 size)
-Sizes, log-spaced at 3 layers: transformers 32 / 64 / 128 wide, Caduceus-PS 16 / 32 / 64 wide
-(its two strands and BiMamba make a Caduceus-PS token ~4x a same-width transformer's CPU time,
-so its grid sits one width lower).
+Sizes at 3 layers: transformers 32 / 64 / 128 wide (log-spaced), Caduceus-PS 16 / 32 / 48 wide
+(its two strands and BiMamba make a Caduceus-PS token 4-8x a same-width transformer's CPU time,
+BENCHMARKS.md "Where a Caduceus-PS CPU training step's time goes", so its grid sits lower and
+stops at 48, which is what fitted this machine's time).
 Matched per-token budgets: every run trains WSD-S for 4 cycles of 256 steps (64-step cooldowns)
 of 32 windows x 128 bp = 4.19M tokens, the length at which configs/demo.py's models leave the
 base-composition plateau (BENCHMARKS.md, "Learnability probe"); hot/cold checkpoints at steps
@@ -29,7 +30,7 @@ here. For a quicker look, copy this file and lower `cycles`.
 from nanodna.sweep.config import Run, SweepConfig
 
 WIDTHS = {"transformer-clm": (32, 64, 128), "transformer-mlm": (32, 64, 128),
-          "caduceus-ps": (16, 32, 64)}
+          "caduceus-ps": (16, 32, 48)}
 LAYERS = 3
 HEADS = {16: 2, 32: 2, 64: 4, 96: 4, 128: 4}
 MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
