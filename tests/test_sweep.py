@@ -101,6 +101,25 @@ def test_analyse_target_rule_and_parity_not_reached():
     assert results["parity"]["low"]["statement"].startswith("no ratio")
 
 
+def test_analyse_flags_a_target_at_chance_level():
+    C = np.logspace(9, 12, 6)
+    ref, low = _curve(0.56, 0.05, 0.3, C), _curve(0.55, 0.05, 0.3, C / 3)
+
+    def with_ci(rows, half):
+        return [{**r, "roc_auc_lo": r["roc_auc"] - half, "roc_auc_hi": r["roc_auc"] + half}
+                for r in rows]
+
+    wide = with_ci(_rows("ref", C, ref), 0.08) + with_ci(_rows("low", C, low), 0.08)
+    results, _ = analyse(wide, SETTINGS)
+    assert results["target_above_chance"] is False
+    assert results["parity"]["low"]["statement"].startswith("not meaningful")
+    narrow = with_ci(_rows("ref", C, ref), 0.02) + with_ci(_rows("low", C, low), 0.02)
+    results, _ = analyse(narrow, SETTINGS)
+    assert results["target_above_chance"] is True
+    assert not results["parity"]["low"]["statement"].startswith("not meaningful")
+    json.dumps(results)
+
+
 def test_first_reached():
     assert fit.first_reached([3e9, 1e9, 2e9], [0.7, 0.5, 0.71], 0.7) == 2e9
     assert fit.first_reached([1e9], [0.5], 0.7) == math.inf

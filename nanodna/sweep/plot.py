@@ -72,13 +72,25 @@ def analyse(rows: list[dict], settings: dict) -> tuple[dict, dict]:
                               "formula": "auc = a - b * (flops / C0) ** -c"}
             entry["flops_to_target_fit"] = _finite(t.flops_to_reach(target))
         per_arch[arch] = entry
+    # A target the reference's best checkpoint does not separate from chance (its 95% interval
+    # holds 0.5) makes any ratio a fit to noise: say so in every statement.
+    best = max((r for r in rows if r["arch"] == ref and math.isfinite(r["roc_auc"])),
+               key=lambda r: r["roc_auc"], default=None)
+    best_lo = best.get("roc_auc_lo") if best else None
+    above_chance = (None if best_lo is None or not math.isfinite(best_lo) else best_lo > 0.5)
     parity = {}
     for arch in archs:
         if arch == ref:
             continue
         parity[arch] = _parity_entry(rows, arch, ref, labels, target, settings, trends)
+        if above_chance is False:
+            parity[arch]["statement"] = (
+                f"not meaningful: the best {ref} checkpoint's 95% interval "
+                f"[{best_lo:.3f}, {best.get('roc_auc_hi', math.nan):.3f}] holds 0.5, so the "
+                f"target is chance level; {parity[arch]['statement']}")
     return {"target_auc": target, "target_rule": rule, "reference_arch": ref,
-            "fit_labels": list(labels), "architectures": per_arch, "parity": parity}, trends
+            "target_above_chance": above_chance, "fit_labels": list(labels),
+            "architectures": per_arch, "parity": parity}, trends
 
 
 def _parity_entry(rows, arch, ref, labels, target, settings, trends) -> dict:
