@@ -35,24 +35,28 @@ LAYERS = 3
 HEADS = {16: 2, 32: 2, 64: 4, 96: 4, 128: 4}
 MARIN = ("optim.weight_decay=0.1", "optim.b1=0.9", "optim.b2=0.95", "optim.grad_clip=1.0")
 MLM = ("model.causal=False", "data.mode=mlm", "data.rc_augment=True")
-ARCHS = {  # per size in this order: an interrupted sweep holds the main pair first
+ARCHS = {
     "transformer-clm": ("configs/demo.py", MARIN),
     "caduceus-ps": ("configs/demo_caduceus.py", ()),
     "transformer-mlm": ("configs/demo.py", MLM),
 }
+MAIN_PAIR = ("transformer-clm", "caduceus-ps")  # the comparison the sweep exists for
 
 
 def runs(widths=WIDTHS) -> tuple[Run, ...]:
-    """The architecture x width grid (also used by configs/sweeps/arabidopsis.py)."""
-    out = []  # smallest width of every architecture first: an interrupted sweep has all three
-    for i in range(3):
-        for arch, (config, recipe) in ARCHS.items():
-            d = widths[arch][i]
-            size = [f"model.d_model={d}", f"model.n_layers={LAYERS}"]
-            if arch != "caduceus-ps":
-                size.append(f"model.n_heads={HEADS[d]}")
-            out.append(Run(f"{arch}_d{d}", arch, config, (*size, *recipe)))
-    return tuple(out)
+    """The architecture x width grid (also used by configs/sweeps/arabidopsis.py), in the order
+    they train: the main pair size by size, then the masked transformer (the third point of
+    view), so that an interrupted sweep holds the comparison first."""
+    def run(arch, i):
+        config, recipe = ARCHS[arch]
+        d = widths[arch][i]
+        size = [f"model.d_model={d}", f"model.n_layers={LAYERS}"]
+        if arch != "caduceus-ps":
+            size.append(f"model.n_heads={HEADS[d]}")
+        return Run(f"{arch}_d{d}", arch, config, (*size, *recipe))
+
+    main = [run(arch, i) for i in range(3) for arch in MAIN_PAIR]
+    return (*main, *(run("transformer-mlm", i) for i in range(3)))
 
 
 def get_sweep() -> SweepConfig:
