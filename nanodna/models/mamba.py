@@ -69,10 +69,10 @@ class SelectiveSSM(eqx.Module):
         bound = 1.0 / math.sqrt(K)  # PyTorch Conv1d default (fan_in = K for depthwise)
         self.conv_weight = jax.random.uniform(k_cw, (E, K), minval=-bound, maxval=bound)
         self.conv_bias = jax.random.uniform(k_cb, (E,), minval=-bound, maxval=bound)
-        self.x_proj = Linear(E, R + 2 * N, k_x, dtype=cfg.compute_dtype)
+        self.x_proj = Linear(E, R + 2 * N, key=k_x, dtype=cfg.compute_dtype)
         # dt_proj: weight U(+-R^-0.5) keeps dt_proj(dt) O(1) at init; the bias puts
         # softplus(bias) = dt log-uniform in [DT_MIN, DT_MAX], so memories span 10 to 1000 steps.
-        dt_proj = Linear(R, E, k_dtw, bias=True, dtype=cfg.compute_dtype)
+        dt_proj = Linear(R, E, key=k_dtw, bias=True, dtype=cfg.compute_dtype)
         w = jax.random.uniform(k_dtw, (E, R), minval=-(R**-0.5), maxval=R**-0.5)
         log_dt = jax.random.uniform(k_dt, (E,), minval=math.log(DT_MIN), maxval=math.log(DT_MAX))
         dt = jnp.maximum(jnp.exp(log_dt), DT_FLOOR)
@@ -108,7 +108,7 @@ class SelectiveSSM(eqx.Module):
 def _out_proj(cfg: ModelConfig, key: PRNGKeyArray) -> Linear:
     """out_proj shrunk by 1/sqrt(n_layers) (GPT-2 style, mamba-ssm's _init_weights): the
     residual stream's variance then stays O(1) however deep the stack."""
-    lin = Linear(cfg.d_inner, cfg.d_model, key, dtype=cfg.compute_dtype)
+    lin = Linear(cfg.d_inner, cfg.d_model, key=key, dtype=cfg.compute_dtype)
     return eqx.tree_at(lambda m: m.weight, lin, lin.weight / math.sqrt(cfg.n_layers))
 
 
@@ -119,20 +119,17 @@ class Mamba(eqx.Module):
     ssm: SelectiveSSM
     out_proj: Linear  # E -> D, no bias
 
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        k_in, k_ssm, k_out = jax.random.split(key, 3)
+        self.in_proj = Linear(cfg.d_model, 2 * cfg.d_inner, key=k_in, dtype=cfg.compute_dtype)
+        self.ssm = SelectiveSSM(cfg, key=k_ssm)
+        self.out_proj = _out_proj(cfg, k_out)
+
     def __call__(
         self, h_BLD: Float[Array, "B L D"], reverse: bool = False
     ) -> Float[Array, "B L D"]:
         x_BLE, z_BLE = jnp.split(self.in_proj(h_BLD), 2, axis=-1)
         return self.out_proj(self.ssm(x_BLE, z_BLE, reverse=reverse))
-
-
-def make_mamba(cfg: ModelConfig, key: PRNGKeyArray) -> Mamba:
-    k_in, k_ssm, k_out = jax.random.split(key, 3)
-    return Mamba(
-        in_proj=Linear(cfg.d_model, 2 * cfg.d_inner, k_in, dtype=cfg.compute_dtype),
-        ssm=SelectiveSSM(cfg, key=k_ssm),
-        out_proj=_out_proj(cfg, k_out),
-    )
 
 
 class BiMamba(eqx.Module):
@@ -144,6 +141,16 @@ class BiMamba(eqx.Module):
 
     fwd: Mamba
     rev: Mamba | SelectiveSSM | None
+
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        k_fwd, k_rev = jax.random.split(key)
+        self.fwd = Mamba(cfg, key=k_fwd)
+        if not cfg.bidirectional:
+            self.rev = None
+        elif cfg.tie_in_out_proj:
+            self.rev = SelectiveSSM(cfg, key=k_rev)
+        else:
+            self.rev = Mamba(cfg, key=k_rev)
 
     def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         if self.rev is None:
@@ -163,13 +170,3 @@ class BiMamba(eqx.Module):
         )
         return self.fwd.out_proj(y_BLE)
 
-
-def make_bimamba(cfg: ModelConfig, key: PRNGKeyArray) -> BiMamba:
-    k_fwd, k_rev = jax.random.split(key)
-    if not cfg.bidirectional:
-        rev = None
-    elif cfg.tie_in_out_proj:
-        rev = SelectiveSSM(cfg, key=k_rev)
-    else:
-        rev = make_mamba(cfg, k_rev)
-    return BiMamba(fwd=make_mamba(cfg, k_fwd), rev=rev)
