@@ -1,6 +1,7 @@
 """Llama-style transformer over DNA: bidirectional masked LM or causal LM.
 
-Glossary: B batch, L length, D d_model, H heads, K head dim, F SwiGLU hidden, V vocabulary.
+Glossary: B batch, L length, D d_model, H heads, P head dim (Mamba-2's letter), F SwiGLU hidden,
+V vocabulary.
 
     tokens -> embedding -> n_layers x [h + Attn(RMSNorm(h)); h + SwiGLU(RMSNorm(h))] -> RMSNorm -> head
 
@@ -31,16 +32,16 @@ def out_std(cfg: ModelConfig) -> float:
     return INIT_STD / math.sqrt(2 * cfg.n_layers)
 
 
-def rope(x_BLHK: Float[Array, "B L H K"], theta: float) -> Float[Array, "B L H K"]:
-    """Rotary position embedding: rotate channel pairs (k, k + K/2) by angle pos * theta^(-2k/K)."""
-    L, K = x_BLHK.shape[1], x_BLHK.shape[3]
-    inv_freq = theta ** (-jnp.arange(0, K // 2, dtype=jnp.float32) * 2 / K)
-    angle_LK = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    cos, sin = jnp.cos(angle_LK)[None, :, None, :], jnp.sin(angle_LK)[None, :, None, :]
-    x = x_BLHK.astype(jnp.float32)
-    x1, x2 = x[..., : K // 2], x[..., K // 2 :]
+def rope(x_BLHP: Float[Array, "B L H P"], theta: float) -> Float[Array, "B L H P"]:
+    """Rotary position embedding: rotate channel pairs (p, p + P/2) by angle pos * theta^(-2p/P)."""
+    L, P = x_BLHP.shape[1], x_BLHP.shape[3]
+    inv_freq = theta ** (-jnp.arange(0, P // 2, dtype=jnp.float32) * 2 / P)
+    angle_LP = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    cos, sin = jnp.cos(angle_LP)[None, :, None, :], jnp.sin(angle_LP)[None, :, None, :]
+    x = x_BLHP.astype(jnp.float32)
+    x1, x2 = x[..., : P // 2], x[..., P // 2 :]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BLHK.dtype)
+    return out.astype(x_BLHP.dtype)
 
 
 class Attention(eqx.Module):
@@ -66,8 +67,8 @@ class Attention(eqx.Module):
         H = self.n_heads
         q, k, v = (w(x_BLD).reshape(Bsz, L, H, Dm // H) for w in (self.wq, self.wk, self.wv))
         q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
-        o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=None)
-        return self.wo(o_BLHK.reshape(Bsz, L, Dm))
+        o_BLHP = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=None)
+        return self.wo(o_BLHP.reshape(Bsz, L, Dm))
 
 
 class SwiGLU(eqx.Module):
