@@ -20,7 +20,7 @@ are the forward mixer's. A `pytorch_model.bin` is read only with PyTorch's restr
 The CKPT written here is a nanodna workdir (config.json + checkpoints/0/), the form eval.py
 and `nanodna.checkpoint.load_model` read.
 
-Glossary: V vocabulary, D d_model, E d_inner, N d_state, K conv width, R dt_rank, n layers.
+Glossary: V vocabulary, D d_model, E d_inner, N d_state, W conv width, Q dt_rank.
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def _path(keypath) -> str:
 
 
 def _to_ours(name: str, a: np.ndarray) -> np.ndarray:
-    return a[:, 0, :] if name.endswith("conv1d.weight") else a  # (E, 1, K) -> (E, K)
+    return a[:, 0, :] if name.endswith("conv1d.weight") else a  # (E, 1, W) -> (E, W)
 
 
 def _to_theirs(name: str, a: np.ndarray) -> np.ndarray:

@@ -19,11 +19,12 @@ e(rc(x)) = flip_L(e(x)) exactly, and the per-window mean is strand-independent.
 Input: a table with a `sequence` column (parquet / CSV / TSV, optionally gzipped; each row is a
 window, embedded whole), or a FASTA file (.fa/.fasta/.fna, optionally gzipped) whose records
 are cut into consecutive windows of --window bases (default the model's max_len; a record's
-last, shorter piece is kept). Output: .npy (an (N, D) array, or (N, L, D) with --per-position,
+last, shorter piece is kept). Output: .npy (an (R, D) array, or (R, L, D) with --per-position,
 which needs equal window lengths) or .parquet (columns name, start, length, embedding).
 Windows run in fixed-size batches (the last padded), so each window length compiles once.
 
-Glossary: B windows in a batch, L window length, D d_model, N windows in all.
+Glossary: B windows in a batch, L window length, D d_model, R windows in all (rows of the
+output).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ VCF and FASTA go through pysam (htslib): one well-kept package reads plain, gzip
 bgzipped VCF/BCF as a stream and random-accesses a faidx-indexed (plain or bgzipped) FASTA.
 The VCF is read in chunks of `chunk` sites, so memory does not grow with the VCF.
 
-Glossary: S sites in a chunk, K the four alleles a/c/g/t.
+Glossary: R sites (rows of the table a chunk scores), 4 the four alleles a/c/g/t.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def score_sites(
             block = list(itertools.islice(it, chunk))
             if not block:
                 break
-            windows, pos_S, ref_S, scored = [], [], [], []
+            windows, pos_R, ref_R, scored = [], [], [], []
             for site in block:
                 counts.records += 1
                 seen_contigs.add(site.chrom)
@@ -244,28 +244,28 @@ def score_sites(
                     continue
                 ids, _ = tokenizer.encode(seq)
                 windows.append(ids)
-                pos_S.append(pos0 - start)
-                ref_S.append(ids[pos0 - start])
+                pos_R.append(pos0 - start)
+                ref_R.append(ids[pos0 - start])
                 scored.append(True)
             _check_ref_mismatch(counts, max_ref_mismatch, final=False)
-            lp_SK = np.zeros((0, 4), np.float32)
+            lp_R4 = np.zeros((0, 4), np.float32)
             if windows:
                 table = EvalTable(
                     path=genome.path, task="conservation", ids=windows,
-                    pos_R=np.array(pos_S, np.int64), ref_R=np.array(ref_S, np.int64),
+                    pos_R=np.array(pos_R, np.int64), ref_R=np.array(ref_R, np.int64),
                     alt_R=None, label_R=None,
                 )
-                lp_SK = scoring.score_table(model, model_cfg, table, batch_size).log_probs_RK
+                lp_R4 = scoring.score_table(model, model_cfg, table, batch_size).log_probs_R4
             counts.scored_sites += len(windows)
             counts.seconds = time.perf_counter() - t0
             bar.update(len(block))
             bar.set_postfix(windows_per_s=f"{counts.windows_per_s:.1f}")
-            rows = iter(lp_SK)
+            rows = iter(lp_R4)
             for site, ok in zip(block, scored):
-                lp_K = next(rows) if ok else None
+                lp_4 = next(rows) if ok else None
                 if ok:
                     counts.scored_alleles += sum(allele_kind(site.ref, a) == "snv" for a in site.alts)
-                yield site, lp_K
+                yield site, lp_4
     _check_ref_mismatch(counts, max_ref_mismatch, final=True)
 
 
@@ -278,15 +278,15 @@ def _check_ref_mismatch(counts: Counts, limit: float, final: bool) -> None:
         )
 
 
-def allele_scores(site: Site, lp_K: np.ndarray) -> list[tuple[str, float, float] | None]:
+def allele_scores(site: Site, lp_4: np.ndarray) -> list[tuple[str, float, float] | None]:
     """Per ALT: (alt, llr = log p(alt) - log p(ref), p(ref)), or None for a non-SNV allele."""
-    lp_ref = float(lp_K[tokenizer.BASES.index(site.ref.upper())])
+    lp_ref = float(lp_4[tokenizer.BASES.index(site.ref.upper())])
     out = []
     for alt in site.alts:
         if allele_kind(site.ref, alt) != "snv":
             out.append(None)
             continue
-        lp_alt = float(lp_K[tokenizer.BASES.index(alt.upper())])
+        lp_alt = float(lp_4[tokenizer.BASES.index(alt.upper())])
         out.append((alt, lp_alt - lp_ref, float(np.exp(lp_ref))))
     return out
 
@@ -299,10 +299,10 @@ def write_tsv(path: str, scored: Iterable[tuple[Site, np.ndarray | None]]) -> No
     """chrom, pos, ref, alt, llr, p_ref: one line per scored allele, in VCF order."""
     with open(path, "w") as f:
         f.write("chrom\tpos\tref\talt\tllr\tp_ref\n")
-        for site, lp_K in scored:
-            if lp_K is None:
+        for site, lp_4 in scored:
+            if lp_4 is None:
                 continue
-            for row in allele_scores(site, lp_K):
+            for row in allele_scores(site, lp_4):
                 if row is not None:
                     alt, llr, p_ref = row
                     f.write(f"{site.chrom}\t{site.pos}\t{site.ref}\t{alt}\t{llr:.6g}\t{p_ref:.6g}\n")
@@ -322,10 +322,10 @@ def write_vcf(path: str, header: str, scored: Iterable[tuple[Site, np.ndarray | 
     opener = pysam.BGZFile if path.endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(("\n".join(lines) + "\n").encode())
-        for site, lp_K in scored:
+        for site, lp_4 in scored:
             line = site.line if site.line is not None else _site_line(site)
-            if lp_K is not None:
-                rows = allele_scores(site, lp_K)
+            if lp_4 is not None:
+                rows = allele_scores(site, lp_4)
                 llr = ",".join("." if r is None else f"{r[1]:.6g}" for r in rows)
                 p_ref = next(r[2] for r in rows if r is not None)
                 fields = line.split("\t")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nanodna.models import sizes
-from nanodna.models.mamba import DT_MAX, DT_MIN, Mamba, depthwise_conv, make_bimamba
+from nanodna.models.mamba import DT_MAX, DT_MIN, BiMamba, depthwise_conv
 
 CFG = dataclasses.replace(  # "ref" compiles fastest; test_scan.py covers the other impls
     sizes.get("caduceus_tiny"), d_model=16, d_state=4, n_layers=2, scan_impl="ref"
@@ -35,7 +35,7 @@ def test_causal_conv_matches_numpy_and_reverse_is_flipped():
 
 
 def test_ssm_initialisation_follows_mamba():
-    bi = make_bimamba(CFG, jax.random.key(3))
+    bi = BiMamba(CFG, key=jax.random.key(3))
     ssm = bi.fwd.ssm
     dt = jax.nn.softplus(ssm.dt_proj.bias)
     assert float(dt.min()) >= DT_MIN * 0.999 and float(dt.max()) <= DT_MAX * 1.001
@@ -51,29 +51,29 @@ def test_ssm_initialisation_follows_mamba():
 
 def literal_bimamba(bi, x, tied):
     """Caduceus' definition: mamba_fwd(x) + flip(mamba_rev(flip(x)))."""
-    rev = Mamba(bi.fwd.in_proj, bi.rev, bi.fwd.out_proj) if tied else bi.rev
+    rev = eqx.tree_at(lambda m: m.ssm, bi.fwd, bi.rev) if tied else bi.rev  # fwd's projections
     return bi.fwd(x) + jnp.flip(rev(jnp.flip(x, 1)), 1)
 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_bimamba_equals_flip_mamba_flip(tied):
     cfg = dataclasses.replace(CFG, tie_in_out_proj=tied)
-    bi = make_bimamba(cfg, jax.random.key(4))
+    bi = BiMamba(cfg, key=jax.random.key(4))
     x = rand(5, (2, 11, cfg.d_model))
     fast, literal = eqx.filter_jit(lambda m, x: (m(x), literal_bimamba(m, x, tied)))(bi, x)
     np.testing.assert_allclose(fast, literal, **TOL)
 
 
 def test_tying_shares_projections_only():
-    tied = make_bimamba(dataclasses.replace(CFG, tie_in_out_proj=True), jax.random.key(6))
-    untied = make_bimamba(dataclasses.replace(CFG, tie_in_out_proj=False), jax.random.key(6))
+    tied = BiMamba(dataclasses.replace(CFG, tie_in_out_proj=True), key=jax.random.key(6))
+    untied = BiMamba(dataclasses.replace(CFG, tie_in_out_proj=False), key=jax.random.key(6))
     n = lambda m: sum(a.size for a in jax.tree.leaves(m))  # noqa: E731
     D, E = CFG.d_model, CFG.d_inner
     assert n(untied) - n(tied) == D * 2 * E + E * D  # one extra in_proj and out_proj
 
 
 def test_unidirectional_mamba_is_causal():
-    bi = make_bimamba(dataclasses.replace(CFG, bidirectional=False), jax.random.key(7))
+    bi = BiMamba(dataclasses.replace(CFG, bidirectional=False), key=jax.random.key(7))
     x = rand(8, (1, 9, CFG.d_model))
     t = 4
     g = jax.jit(jax.grad(lambda x: jnp.sum(bi(x)[0, t])))(x)
@@ -82,7 +82,7 @@ def test_unidirectional_mamba_is_causal():
 
 
 def test_bimamba_sees_both_sides():
-    bi = make_bimamba(CFG, jax.random.key(9))
+    bi = BiMamba(CFG, key=jax.random.key(9))
     x = rand(10, (1, 9, CFG.d_model))
     g = jax.jit(jax.grad(lambda x: jnp.sum(bi(x)[0, 4])))(x)
     assert float(jnp.abs(g[0, 5:]).sum()) > 0 and float(jnp.abs(g[0, :4]).sum()) > 0
@@ -91,7 +91,7 @@ def test_bimamba_sees_both_sides():
 def test_bimamba_with_the_pallas_kernel_matches_reference():
     """scan_impl="pallas" sends both directions to the fused kernel (interpret mode on CPU)."""
     pytest.importorskip("kernels.pallas")
-    bi_ref = make_bimamba(CFG, jax.random.key(11))
-    bi_pallas = make_bimamba(dataclasses.replace(CFG, scan_impl="pallas"), jax.random.key(11))
+    bi_ref = BiMamba(CFG, key=jax.random.key(11))
+    bi_pallas = BiMamba(dataclasses.replace(CFG, scan_impl="pallas"), key=jax.random.key(11))
     x = rand(12, (2, 9, CFG.d_model))
     np.testing.assert_allclose(bi_pallas(x), bi_ref(x), rtol=6e-4, atol=2e-3)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from nanodna.models import sizes
-from nanodna.models.mamba import make_bimamba
+from nanodna.models.mamba import BiMamba
 from nanodna.ops import selective_scan, selective_scan_bidirectional, selective_scan_ref
 from nanodna.ops.scan import resolve_impl
 
@@ -180,7 +180,7 @@ def test_tied_bimamba_gradients_match_reference_scan():
     h = jax.random.normal(jax.random.key(50), (2, 70, 12))  # 70 = one chunk of 64 + 6
     grads = {}
     for impl in ("ref", "chunked_vjp"):
-        bi = make_bimamba(dataclasses.replace(cfg, scan_impl=impl), jax.random.key(51))
+        bi = BiMamba(dataclasses.replace(cfg, scan_impl=impl), key=jax.random.key(51))
         loss = lambda m: jnp.sum(jnp.sin(m(h)))
         grads[impl] = eqx.filter_jit(eqx.filter_grad(loss))(bi)
     leaves = [jax.tree.leaves(eqx.filter(grads[k], eqx.is_array)) for k in grads]

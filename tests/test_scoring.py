@@ -29,20 +29,20 @@ class ConvLM(eqx.Module):
     """Embedding + one 1-D convolution to logits; `causal` pads on the left only."""
 
     emb_VD: jax.Array
-    w_KDV: jax.Array
+    w_4DV: jax.Array
     causal: bool = eqx.field(static=True)
 
     def __init__(self, key, causal=False, d=6, k=3):
         k1, k2 = jax.random.split(key)
         self.emb_VD = jax.random.normal(k1, (V, d))
-        self.w_KDV = jax.random.normal(k2, (k, d, V))
+        self.w_4DV = jax.random.normal(k2, (k, d, V))
         self.causal = causal
 
     def __call__(self, tokens_BL):
-        K, L = self.w_KDV.shape[0], tokens_BL.shape[1]
+        K, L = self.w_4DV.shape[0], tokens_BL.shape[1]
         pad = (K - 1, 0) if self.causal else ((K - 1) // 2, K // 2)
         x_BLD = jnp.pad(self.emb_VD[tokens_BL], ((0, 0), pad, (0, 0)))
-        return sum(x_BLD[:, k : k + L] @ self.w_KDV[k] for k in range(K))
+        return sum(x_BLD[:, k : k + L] @ self.w_4DV[k] for k in range(K))
 
 
 class Echo(eqx.Module):
@@ -127,7 +127,7 @@ def test_masked_rule_matches_hand_computation(rng, key):
     assert got.rule == "masked" and not got.strand_average
     for i in range(5):
         lp = masked_lp(model, table.ids[i], table.pos_R[i])
-        np.testing.assert_allclose(got.log_probs_RK[i], lp, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got.log_probs_R4[i], lp, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(
             got.score_R[i], lp[table.ref_R[i] - tokenizer.A], rtol=1e-5, atol=1e-5
         )
@@ -160,7 +160,7 @@ def test_target_is_masked():
     table = make_table(random_seqs(np.random.default_rng(), 6, 12))
     for cfg in (PS_CFG, MLM_CFG):
         got = scoring.score_table(Echo(), cfg, table, batch_size=4)
-        np.testing.assert_allclose(got.log_probs_RK, np.log(0.25), atol=1e-6)
+        np.testing.assert_allclose(got.log_probs_R4, np.log(0.25), atol=1e-6)
 
 
 class Conjoined(eqx.Module):
@@ -184,11 +184,11 @@ def test_strand_average_matches_hand_computation(rng, key):
         lp_rc = masked_lp(model, tokenizer.reverse_complement(x), len(x) - 1 - p)[::-1]
         # the strand mean is over log-probabilities (a normalised geometric mean)
         expected = log_softmax((lp_fwd + lp_rc.astype(np.float64)) / 2)
-        np.testing.assert_allclose(got.log_probs_RK[i], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got.log_probs_R4[i], expected, rtol=1e-5, atol=1e-5)
     # the same mean as the model's conjoining: one strand of the conjoined model scores alike
     conj = scoring.score_table(Conjoined(model), MLM_CFG, table, batch_size=3,
                                strand_average=False)
-    np.testing.assert_allclose(conj.log_probs_RK, got.log_probs_RK, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conj.log_probs_R4, got.log_probs_R4, rtol=1e-5, atol=1e-5)
     # the one-strand score differs for a model that is not RC-equivariant
     assert not np.allclose(scoring.score_table(model, PS_CFG, table).score_R, got.score_R)
 
@@ -217,11 +217,11 @@ def test_causal_four_allele_rule(rng, key):
     for i in range(5):
         x, p = table.ids[i], int(table.pos_R[i])
         lp = causal_lp(model, x, p)
-        np.testing.assert_allclose(one.log_probs_RK[i], lp, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(one.log_probs_R4[i], lp, rtol=1e-4, atol=1e-4)
         # both strands: the same strand mean of allele log-probabilities as the masked rule
         lp_rc = causal_lp(model, tokenizer.reverse_complement(x), L - 1 - p)[::-1]
         expected = log_softmax((lp + lp_rc) / 2)
-        np.testing.assert_allclose(got.log_probs_RK[i], expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got.log_probs_R4[i], expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("max_len", [16, 15])
@@ -233,7 +233,7 @@ def test_long_rows_are_windowed_around_the_target(rng, max_len):
     pos = [20, 3, 38, default_pos(L)]
     table = make_table(random_seqs(rng, 4, L) + random_seqs(rng, 1, 9), pos=pos + [default_pos(9)])
     got = scoring.score_table(WhereAmI(), cfg, table, batch_size=3)
-    lp = got.log_probs_RK.astype(np.float64)
+    lp = got.log_probs_R4.astype(np.float64)
     seen_index = np.round((lp[:, 0] - lp[:, 2]) / 0.01).astype(int)
     seen_length = np.round((lp[:, 1] - lp[:, 2]) / 0.01).astype(int)
     # centred when it fits, else the window is clipped at the row's start / end
@@ -278,7 +278,7 @@ def test_variant_llr_sign(rng, cfg):
     rows = np.arange(5)
     np.testing.assert_allclose(
         got.score_R,
-        got.log_probs_RK[rows, table.alt_R - 3] - got.log_probs_RK[rows, table.ref_R - 3],
+        got.log_probs_R4[rows, table.alt_R - 3] - got.log_probs_R4[rows, table.ref_R - 3],
         atol=1e-6,
     )
 
@@ -295,7 +295,7 @@ def test_batch_size_invariance(rng, key, cfg):
     # Not bit-identical: XLA may order a float32 reduction differently for another batch
     # shape, and the causal score sums a whole window of log-likelihoods.
     np.testing.assert_allclose(one.score_R, seven.score_R, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(one.log_probs_RK, seven.log_probs_RK, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(one.log_probs_R4, seven.log_probs_R4, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs several (simulated) devices")

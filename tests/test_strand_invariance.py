@@ -78,14 +78,14 @@ def assert_strand_invariant(model, cfg, rows, batch_size=4):
     table = table_with_rcs(rows)
     n = len(rows)
     got = scoring.score_table(model, cfg, table, batch_size=batch_size)
-    lp_RK = got.log_probs_RK
+    lp_R4 = got.log_probs_R4
     # allele k of the forward strand is allele 3-k of the reverse one
-    np.testing.assert_allclose(lp_RK[:n], lp_RK[n:, ::-1], rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(lp_R4[:n], lp_R4[n:, ::-1], rtol=TOL, atol=TOL)
     # variant LLR
     np.testing.assert_allclose(got.score_R[:n], got.score_R[n:], rtol=TOL, atol=TOL)
     # conservation: log p(ref)
     r = np.arange(2 * n)
-    lp_ref = lp_RK[r, table.ref_R - tokenizer.A]
+    lp_ref = lp_R4[r, table.ref_R - tokenizer.A]
     np.testing.assert_allclose(lp_ref[:n], lp_ref[n:], rtol=TOL, atol=TOL)
     return got
 
@@ -142,7 +142,7 @@ def test_context_matters(name):
         codes[9] = 0  # the same reference base 'A' at the same index: only context differs
         rows.append((codes, 9, 2))
     got = assert_strand_invariant(model, cfg, rows, batch_size=8)
-    lp_a = got.log_probs_RK[:24, 0]
+    lp_a = got.log_probs_R4[:24, 0]
     # An absolute bar (0.05) failed now and then with fresh random weights and rows (sd 0.037
     # seen for the MLM transformer); what matters is the spread against the tolerance.
     assert lp_a.std() > 1000 * TOL, lp_a.std()

@@ -15,7 +15,7 @@ import pytest
 from nanodna.checkpoint import load_model, saved_steps
 from nanodna.config import Config, EvalConfig, OptimConfig, TrainConfig
 from nanodna.sim.simulate import simulate
-from nanodna.training import loop, memory
+from nanodna.training import loop, memory, progress
 from nanodna.training.schedules import StepBudget
 from tests._fakes import FakeIterator, TinyConfig, build_tiny
 
@@ -124,7 +124,7 @@ class _NanAt(FakeIterator):
 
 
 def test_nan_loss_stops_with_step_number(tmp_path):
-    with pytest.raises(loop.NonFiniteLoss, match="step 3"):
+    with pytest.raises(progress.NonFiniteLoss, match="step 3"):
         _train(_cfg(steps=10), tmp_path, it_factory=lambda c: _NanAt(at=3))
 
 
@@ -258,7 +258,7 @@ def test_zero_weight_validation_loss_is_missing_with_a_warning(tmp_path):
 
 def test_zero_weight_training_batches_log_no_loss_then_stop(tmp_path, capsys):
     cfg = _cfg(steps=30, max_empty_steps=5)
-    with pytest.raises(loop.EmptyBatches, match="5 training batches in a row"):
+    with pytest.raises(progress.EmptyBatches, match="5 training batches in a row"):
         _train(cfg, tmp_path, it_factory=lambda c: _WeightsTimes(0.0))
     rows = [r for r in _rows(tmp_path) if "loss_weight" in r]
     assert rows and all("loss" not in r and r["loss_weight"] == 0.0 for r in rows)
@@ -268,7 +268,7 @@ def test_zero_weight_training_batches_log_no_loss_then_stop(tmp_path, capsys):
 def test_nonfinite_gradient_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # The NaN enters through step 4's batch; checkpoints every 2 steps: 4 must not be saved.
     # (WSD-S labels step 3 "cold": also saved.)
-    with pytest.raises(loop.NonFiniteLoss, match="step 4.*last checkpoint, step 3"):
+    with pytest.raises(progress.NonFiniteLoss, match="step 4.*last checkpoint, step 3"):
         _train(_cfg(steps=10), tmp_path, it_factory=lambda c: _NanAt(at=4))
     assert saved_steps(str(tmp_path)) == [2, 3]
 

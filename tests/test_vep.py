@@ -128,7 +128,7 @@ def table_path_scores(tmp_path, seq, expected, model):
     table = read_table(tmp_path / "table.tsv", "variant")
     scores = scoring.score_table(model, CFG, table, batch_size=16)
     ref_idx = table.ref_R - tokenizer.A
-    p_ref = np.exp(scores.log_probs_RK[np.arange(len(table)), ref_idx])
+    p_ref = np.exp(scores.log_probs_R4[np.arange(len(table)), ref_idx])
     return scores.score_R, p_ref
 
 

@@ -9,7 +9,9 @@ memory: nothing moves between threads in the forward. The backward's dB_t and dC
 over channels, the only cross-thread reductions.
 
 Glossary: S directions, B batch, L length, D channels, N state size, K chunks of `chunk` rows,
-T channel tiles of W = 128 channels; `sub` rows per register-resident piece of a chunk.
+n_tiles channel tiles of W = 128 channels (here W is a tile's width); `sub` rows per
+register-resident piece of a chunk. A lower-case letter marks a Python list over that axis:
+h_nW is N arrays of W values, B_n N scalars.
 
 Memory: the sequence arrays stay in device memory (GMEM). `plgpu.emit_pipeline` streams
 `chunk`-row blocks of them through shared memory (SMEM) with TMA copies, two blocks in flight,
@@ -365,7 +367,7 @@ def bwd_call(plan, g, u, dt, A, B, C, D, z, bias, hs, dout):
     names, arrays = _inputs(plan, u, dt, A, B, C, D, z, bias)
     names += ["hs", "dout"]
     arrays += [hs, dout]
-    S, Bz, N, T = g.S, g.B, g.N, g.n_tiles
+    S, Bz, N, n_tiles = g.S, g.B, g.N, g.n_tiles
     outs = backward_out_types(plan, g, u, dt, z)
     names += [name for name, _ in outs] + ["ws"] + [p + "_s" for p in _param_names(plan)]
     out_slots = [("du", (plan.chunk, W), u.dtype), ("ddt", (plan.chunk, W), dt.dtype),
@@ -377,7 +379,7 @@ def bwd_call(plan, g, u, dt, A, B, C, D, z, bias, hs, dout):
     kernel = functools.partial(_bwd_kernel, plan=plan, names=names, K=g.n_chunks, N=N, sub=sub)
     scratch = [plgpu.SMEM((plan.chunk // sub, N, W), _F32)] + _param_scratch(plan, N)
     scratch += [_slots(shape, dtype) for _, shape, dtype in out_slots]
-    results = _launch(kernel, plan, (S, Bz, T), [o for _, o in outs], scratch,
+    results = _launch(kernel, plan, (S, Bz, n_tiles), [o for _, o in outs], scratch,
                       "selective_scan_bwd_mgpu")(*arrays)  # fmt: skip
     return backward_outputs(plan, results)
 

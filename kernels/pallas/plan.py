@@ -1,7 +1,7 @@
 """Planning shared by both lowerings: the backend type, the launch plan, geometry and padding.
 
 Glossary: S scan directions in one launch (1, or 2 for BiMamba), B batch, L length, D channels
-(d_inner), N state size, K chunks along L, T channel tiles.
+(d_inner), N state size, K chunks along L; n_tiles channel tiles (no letter of their own).
 
 selective_scan.py (the portable program: interpreter, Triton, Mosaic TPU) and mosaic_gpu.py
 (the Hopper warpgroup program) both import what is here and nothing private from each other.
@@ -302,15 +302,15 @@ def in_names(plan: Plan):
 
 def backward_out_types(plan: Plan, g: Geometry, u, dt, z):
     """(name, type) of the backward launch's gradient outputs, in backward_outputs' order."""
-    S, Bz, L, Dc, N, T = g.S, g.B, g.L, g.D, g.N, g.n_tiles
+    S, Bz, L, Dc, N, n_tiles = g.S, g.B, g.L, g.D, g.N, g.n_tiles
     f32 = jnp.float32
     seq = lambda dtype: jax.ShapeDtypeStruct((S, Bz, L, Dc), dtype)  # noqa: E731
     outs = [
         ("du", seq(u.dtype)),
         ("ddt", seq(dt.dtype)),
         ("dA", jax.ShapeDtypeStruct((S, Bz, N, Dc), f32)),  # per batch row
-        ("dB", jax.ShapeDtypeStruct((S, Bz, T, L, N), f32)),  # per channel tile
-        ("dC", jax.ShapeDtypeStruct((S, Bz, T, L, N), f32)),
+        ("dB", jax.ShapeDtypeStruct((S, Bz, n_tiles, L, N), f32)),  # per channel tile
+        ("dC", jax.ShapeDtypeStruct((S, Bz, n_tiles, L, N), f32)),
     ]
     if plan.has_D:
         outs.append(("dD", jax.ShapeDtypeStruct((S, Bz, 1, Dc), f32)))

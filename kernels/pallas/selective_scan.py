@@ -4,8 +4,9 @@
     y_t = sum_n C_t[n] h_t[n] + D * u_t ;   y_t *= silu(z_t) if z is given
 
 Glossary: S scan directions in one launch (1, or 2 for BiMamba), B batch, L length, D channels
-(d_inner), N state size, K chunks along L, T channel tiles. The arrays B (input matrix, B L N) and
-D (skip, D) keep mamba-ssm's names; axis letters in names like u_SBLD follow the glossary.
+(d_inner), N state size, K chunks along L; n_tiles channel tiles. The arrays B (input matrix,
+B L N) and D (skip, D) keep mamba-ssm's names; axis letters in names like u_SBLD follow the
+glossary.
 
 Why this shape (mamba-ssm's CUDA kernel, and the public TPU Pallas scans, work the same way):
   * each program owns one (direction, batch row, channel tile) and walks time sequentially;
@@ -15,8 +16,8 @@ Why this shape (mamba-ssm's CUDA kernel, and the public TPU Pallas scans, work t
   * the backward walks the chunks in reverse, recomputes the chunk's states from its saved entry
     state into a (chunk, N, D_tile) workspace (or, with `bwd_in_registers`, into values of an
     unrolled loop), then runs the adjoint scan backwards through them,
-  * dB and dC are sums over channels: each channel tile writes its partial sum (S B T L N), and
-    XLA adds the T (few) tiles; no (B, L, D, N) array ever exists.
+  * dB and dC are sums over channels: each of the n_tiles channel tiles writes its partial sum
+    (S B n_tiles L N), and XLA adds the few tiles; no (B, L, D, N) array ever exists.
 The reverse direction is pure index arithmetic: chunk and row indices run backwards.
 
 Backends (`plan.Backend`, chosen by `plan.backend_for_platform`):
@@ -360,7 +361,7 @@ def _bwd_call(plan: Plan, g: Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
     arrays, in_specs = _inputs(plan, sp, u, dt, A, B, C, D, z, bias)
     arrays += [hs, dout]
     in_specs += [sp["hs"], sp["shared_D"]]
-    S, Bz, N, T = g.S, g.B, g.N, g.n_tiles
+    S, Bz, N, n_tiles = g.S, g.B, g.N, g.n_tiles
     spec_of = dict(du="seq_D", ddt="seq_D", dA="part_ND", dB="part_LN", dC="part_LN",
                    dD="part_1D", dz="seq_D", dbias="part_1D")  # fmt: skip
     outs = [(o, sp[spec_of[name]]) for name, o in backward_out_types(plan, g, u, dt, z)]
@@ -369,7 +370,7 @@ def _bwd_call(plan: Plan, g: Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
     if plan.bwd_in_registers:
         pass
     elif plan.triton_layout:  # no scratch memory there: a per-program slab of device memory
-        outs.append((jax.ShapeDtypeStruct((S, Bz, T) + ws_shape, _F32), sp["ws"]))
+        outs.append((jax.ShapeDtypeStruct((S, Bz, n_tiles) + ws_shape, _F32), sp["ws"]))
     else:
         scratch.append(_vmem(ws_shape))
     if g.n_grid > 1:
@@ -378,7 +379,7 @@ def _bwd_call(plan: Plan, g: Geometry, u, dt, A, B, C, D, z, bias, hs, dout):
     results = pl.pallas_call(
         kernel,
         out_shape=[o for o, _ in outs],
-        grid=(S, Bz, T, g.n_grid),
+        grid=(S, Bz, n_tiles, g.n_grid),
         in_specs=in_specs,
         out_specs=[spec for _, spec in outs],
         scratch_shapes=scratch,

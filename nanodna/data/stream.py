@@ -24,8 +24,8 @@ Multi-host: each global batch holds batch_size * process_count windows; process 
 the process count.
 
 Glossary: B per-process batch size, G global batch size (B * process count), L seq_len,
-W window length (L, or L + 1 for causal LM: inputs and shifted targets), n any number of
-windows.
+W window length (L, or L + 1 for causal LM: inputs and shifted targets), R windows read (any
+number).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def _validate(cfg: DataConfig) -> None:
 
 
 def valid_runs(
-    tokens: UInt8[np.ndarray, " n"] | None, chrom: Chromosome, window: int, max_n_frac: float
+    tokens: UInt8[np.ndarray, " R"] | None, chrom: Chromosome, window: int, max_n_frac: float
 ) -> tuple[Int64[np.ndarray, " r"], Int64[np.ndarray, " r"]]:
     """Runs of valid window starts in one chromosome, as (first start, run length), the starts
     being offsets into the assembly's tokens. A window is valid when its count of unknown bases
@@ -173,7 +173,7 @@ class WindowSampler:
 
     def draw(
         self, rng: np.random.Generator, n: int
-    ) -> tuple[Int64[np.ndarray, " n"], Int64[np.ndarray, " n"]]:
+    ) -> tuple[Int64[np.ndarray, " R"], Int64[np.ndarray, " R"]]:
         """n random valid windows as (assembly index, start offset into the assembly's tokens)."""
         asm = rng.choice(len(self.assemblies), size=n, p=self.asm_prob)
         r = np.floor(rng.random(n) * self.asm_count[asm]).astype(np.int64)
@@ -205,24 +205,24 @@ class WindowReader:
         return self._stores[assembly]
 
     def read(
-        self, asm: Int64[np.ndarray, " n"], start: Int64[np.ndarray, " n"]
-    ) -> tuple[UInt8[np.ndarray, "n W"], Bool[np.ndarray, "n W"]]:
+        self, asm: Int64[np.ndarray, " R"], start: Int64[np.ndarray, " R"]
+    ) -> tuple[UInt8[np.ndarray, "R W"], Bool[np.ndarray, "R W"]]:
         """Gather windows [start, start + W) of the given assemblies, as (ids, repeat)."""
         n, W = len(start), self.window
-        ids_nW = np.empty((n, W), np.uint8)
-        repeat_nW = np.empty((n, W), bool)
+        ids_RW = np.empty((n, W), np.uint8)
+        repeat_RW = np.empty((n, W), bool)
         cols_W = np.arange(W)
         for a in np.unique(asm):
             rows = np.flatnonzero(asm == a)
             store = self._store_of(self.assemblies[a])
             s = start[rows]
-            ids_nW[rows] = store.tokens(self.assemblies[a])[s[:, None] + cols_W]
+            ids_RW[rows] = store.tokens(self.assemblies[a])[s[:, None] + cols_W]
             # Repeat flags are bit-packed: fetch the covering bytes, unpack, shift into place.
             packed = store.repeat_packed(self.assemblies[a])
             byte_idx = np.minimum(s[:, None] // 8 + np.arange(W // 8 + 2), len(packed) - 1)
             bits = np.unpackbits(packed[byte_idx], axis=1)
-            repeat_nW[rows] = np.take_along_axis(bits, (s % 8)[:, None] + cols_W, axis=1) > 0
-        return ids_nW, repeat_nW
+            repeat_RW[rows] = np.take_along_axis(bits, (s % 8)[:, None] + cols_W, axis=1) > 0
+        return ids_RW, repeat_RW
 
 
 def _load_chromosomes(cfg: DataConfig) -> tuple[list[Chromosome], list[Chromosome]]:
@@ -323,8 +323,8 @@ class WindowBatches:
         rng = np.random.default_rng((self.cfg.seed, *key, _WINDOWS, 0))
         a_all, s_all = self.sampler.draw(rng, n_global)
         asm, start = a_all[rows], s_all[rows]
-        ids_nW, repeat_nW = self.reader.read(asm, start)
-        return asm, start, ids_nW, repeat_nW
+        ids_RW, repeat_RW = self.reader.read(asm, start)
+        return asm, start, ids_RW, repeat_RW
 
     def batch(self, index: int) -> Batch:
         """The Batch of this process's rows of global batch `index`."""

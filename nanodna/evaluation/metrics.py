@@ -4,7 +4,7 @@ ROC AUC is the headline number (PlantCAD2's leaderboard); AUPRC is reported besi
 conserved sites are often the minority class. scikit-learn computes both: its implementations
 handle ties the standard way, which matters when many windows get the same score.
 
-Glossary: R rows (sites), S bootstrap resamples.
+Glossary: R rows (sites).
 """
 
 from __future__ import annotations
@@ -82,14 +82,14 @@ def bootstrap_ci(
     fn = METRICS[metric]
     rng = np.random.default_rng(seed)
     R = len(label_R)
-    values_S = []
-    while len(values_S) < n_resamples:
+    resampled = []
+    while len(resampled) < n_resamples:
         idx_R = rng.integers(0, R, size=R)
         y_R = label_R[idx_R]
         if 0 < y_R.sum() < R:
-            values_S.append(fn(y_R, score_R[idx_R]))
+            resampled.append(fn(y_R, score_R[idx_R]))
     tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(values_S, [tail, 100 - tail])
+    lo, hi = np.percentile(resampled, [tail, 100 - tail])
     return float(lo), float(hi)
 
 

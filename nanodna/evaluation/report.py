@@ -6,7 +6,7 @@
     roc.png        ROC curve (tables with labels)
     hist.png       score distribution per label (tables with labels)
 
-Glossary: R rows of the table, K the four alleles a/c/g/t.
+Glossary: R rows of the table, 4 the four alleles a/c/g/t.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def write_scores_tsv(path: str, table: EvalTable, scores: scoring.Scores) -> Non
         columns["label"] = table.label_R
     columns["score"] = [f"{s:.6g}" for s in scores.score_R]
     for k, b in enumerate(tokenizer.BASES.lower()):
-        columns[f"logp_{b}"] = [f"{s:.6g}" for s in scores.log_probs_RK[:, k]]
+        columns[f"logp_{b}"] = [f"{s:.6g}" for s in scores.log_probs_R4[:, k]]
     with open(path, "w") as f:
         f.write("\t".join(columns) + "\n")
         for values in zip(*columns.values()):

@@ -43,8 +43,8 @@ less on padding the last batch and measured as fast per window as large ones on 
 is the path before issue 10 (the model as trained, full logits), kept so benchmarks and tests
 can compare the two; both give the same scores to float32 round-off.
 
-Glossary: B windows in a batch, L window length, V vocabulary (8), K the four alleles a/c/g/t,
-R rows of the table.
+Glossary: B windows in a batch, L window length, V vocabulary (8), 4 the four alleles a/c/g/t
+(4B: the B x 4 allele copies folded into the batch, row b*4 + k), R rows of the table.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def masked_allele_log_probs(
         logits_BV = model.logits_at(masked_BL, pos_B)
     else:
         logits_BV = model(masked_BL)[rows_B, pos_B]
-    logits_BK = logits_BV[:, tokenizer.ACGT]
-    return jax.nn.log_softmax(logits_BK.astype(jnp.float32), axis=-1)
+    logits_B4 = logits_BV[:, tokenizer.ACGT]
+    return jax.nn.log_softmax(logits_B4.astype(jnp.float32), axis=-1)
 
 
 def causal_allele_log_probs(
@@ -122,21 +122,22 @@ def causal_allele_log_probs(
 ) -> Float[Array, "B 4"]:
     """Four-allele rule: log-likelihood of each allele's copy of the window, log-softmaxed."""
     B, L = tokens_BL.shape
-    K = len(tokenizer.ACGT)
-    # Fold the four copies into the batch: row b*K + k carries allele k at the target.
-    copies_BKL = jnp.broadcast_to(tokens_BL[:, None, :], (B, K, L))
-    copies_BKL = copies_BKL.at[jnp.arange(B)[:, None], jnp.arange(K)[None, :], pos_B[:, None]].set(
+    n_alleles = len(tokenizer.ACGT)
+    # Fold the four copies into the batch: row b*4 + k carries allele k at the target.
+    copies_B4L = jnp.broadcast_to(tokens_BL[:, None, :], (B, n_alleles, L))
+    rows_B1, alleles_14 = jnp.arange(B)[:, None], jnp.arange(n_alleles)[None, :]
+    copies_B4L = copies_B4L.at[rows_B1, alleles_14, pos_B[:, None]].set(
         jnp.asarray(tokenizer.ACGT, tokens_BL.dtype)[None, :]
     )
-    copies_NL = copies_BKL.reshape(B * K, L)  # N = B*K sequences
-    logp_NLV = jax.nn.log_softmax(model(copies_NL)[:, :-1].astype(jnp.float32), axis=-1)
+    copies_4BL = copies_B4L.reshape(B * n_alleles, L)
+    logp_4BLV = jax.nn.log_softmax(model(copies_4BL)[:, :-1].astype(jnp.float32), axis=-1)
     # logits at t predict token t+1
-    next_ll_NL = jnp.take_along_axis(logp_NLV, copies_NL[:, 1:, None], axis=-1)[..., 0]
+    next_ll_4BL = jnp.take_along_axis(logp_4BLV, copies_4BL[:, 1:, None], axis=-1)[..., 0]
     # Tokens before the target do not see the allele: their terms are equal across the four
     # copies and cancel in the log-softmax, so only tokens at index >= pos are summed.
-    after_NL = jnp.arange(1, L)[None, :] >= jnp.repeat(pos_B, K)[:, None]
-    ll_BK = jnp.where(after_NL, next_ll_NL, 0.0).sum(axis=-1).reshape(B, K)
-    return jax.nn.log_softmax(ll_BK, axis=-1)
+    after_4BL = jnp.arange(1, L)[None, :] >= jnp.repeat(pos_B, n_alleles)[:, None]
+    ll_B4 = jnp.where(after_4BL, next_ll_4BL, 0.0).sum(axis=-1).reshape(B, n_alleles)
+    return jax.nn.log_softmax(ll_B4, axis=-1)
 
 
 def allele_log_probs(
@@ -156,12 +157,12 @@ def allele_log_probs(
     B, L = tokens_BL.shape
     # Both strands in one model call: the reverse complement moves the target to L-1-pos.
     both_BL = jnp.concatenate([tokens_BL, tokenizer.reverse_complement(tokens_BL)], axis=0)
-    lp_BK = rule_fn(model, both_BL, jnp.concatenate([pos_B, L - 1 - pos_B]))
-    fwd_BK = lp_BK[:B]
+    lp_B4 = rule_fn(model, both_BL, jnp.concatenate([pos_B, L - 1 - pos_B]))
+    fwd_B4 = lp_B4[:B]
     # On the reverse strand allele k is the complement of allele k on the forward one, and in
     # a/c/g/t order the complement is the reversed order (t/g/c/a).
-    rc_BK = lp_BK[B:, ::-1]
-    return jax.nn.log_softmax(strand_mean(fwd_BK, rc_BK), axis=-1)
+    rc_B4 = lp_B4[B:, ::-1]
+    return jax.nn.log_softmax(strand_mean(fwd_B4, rc_B4), axis=-1)
 
 
 _allele_log_probs_jit = eqx.filter_jit(allele_log_probs)
@@ -203,7 +204,7 @@ class Scores:
     """Per-row results of `score_table`, in table order."""
 
     score_R: np.ndarray  # conservation: log p(ref); variant: log p(alt) - log p(ref)
-    log_probs_RK: np.ndarray  # log p(a), log p(c), log p(g), log p(t) at the target
+    log_probs_R4: np.ndarray  # log p(a), log p(c), log p(g), log p(t) at the target
     window_pos_R: np.ndarray  # target index inside the scored window
     rule: str
     strand_average: bool  # a second pass on the reverse strand was made
@@ -251,26 +252,26 @@ def score_table(
         n_dev = sharding.mesh.size
         batch_size = -(-batch_size // n_dev) * n_dev
 
-    log_probs_RK = np.zeros((len(table), len(tokenizer.ACGT)), dtype=np.float32)
+    log_probs_R4 = np.zeros((len(table), len(tokenizer.ACGT)), dtype=np.float32)
     t0 = time.perf_counter()
     with tqdm(total=len(table), unit="window", desc="scoring", disable=not progress) as bar:
         pending = None
         for rows, tokens_BL, pos_B in window_batches(table, max_len, batch_size):
             if sharding is not None:
                 tokens_BL, pos_B = _put(tokens_BL, sharding), _put(pos_B, sharding)
-            out_BK = _allele_log_probs_jit(model, tokens_BL, pos_B, rule, strand_average, fast)
+            out_B4 = _allele_log_probs_jit(model, tokens_BL, pos_B, rule, strand_average, fast)
             # Fetch the previous batch only now, so the device works while we build this one.
             if pending is not None:
-                _collect(log_probs_RK, *pending, bar)
-            pending = (rows, out_BK)
+                _collect(log_probs_R4, *pending, bar)
+            pending = (rows, out_B4)
         if pending is not None:
-            _collect(log_probs_RK, *pending, bar)
+            _collect(log_probs_R4, *pending, bar)
     seconds = time.perf_counter() - t0
 
     starts_R = [context_window(len(x), int(p), max_len)[0] for x, p in zip(table.ids, table.pos_R)]
     return Scores(
-        score_R=task_scores(table, log_probs_RK),
-        log_probs_RK=log_probs_RK,
+        score_R=task_scores(table, log_probs_R4),
+        log_probs_R4=log_probs_R4,
         window_pos_R=table.pos_R - np.array(starts_R, dtype=np.int64),
         rule=rule,
         strand_average=strand_average,
@@ -317,21 +318,21 @@ def _put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
-def _collect(log_probs_RK: np.ndarray, rows: list[int], out_BK, bar) -> None:
-    if not out_BK.is_fully_addressable:  # multi-host: gather the other processes' slices
-        out_BK = multihost_utils.process_allgather(out_BK, tiled=True)
-    log_probs_RK[rows] = np.asarray(out_BK)[: len(rows)]
+def _collect(log_probs_R4: np.ndarray, rows: list[int], out_B4, bar) -> None:
+    if not out_B4.is_fully_addressable:  # multi-host: gather the other processes' slices
+        out_B4 = multihost_utils.process_allgather(out_B4, tiled=True)
+    log_probs_R4[rows] = np.asarray(out_B4)[: len(rows)]
     bar.update(len(rows))
     # tqdm's own rate turns into s/window below 1 window/s; state windows/s always.
     bar.set_postfix_str(f"{bar.n / max(bar.format_dict['elapsed'], 1e-9):.3g} windows/s")
 
 
 def task_scores(
-    table: EvalTable, log_probs_RK: Float[np.ndarray, "R 4"]
+    table: EvalTable, log_probs_R4: Float[np.ndarray, "R 4"]
 ) -> Float[np.ndarray, " R"]:
     """Allele log-probabilities -> the task's score per row."""
     rows_R = np.arange(len(table))
-    lp_ref_R = log_probs_RK[rows_R, table.ref_R - tokenizer.A]
+    lp_ref_R = log_probs_R4[rows_R, table.ref_R - tokenizer.A]
     if table.task == "conservation":
         return lp_ref_R
-    return log_probs_RK[rows_R, table.alt_R - tokenizer.A] - lp_ref_R
+    return log_probs_R4[rows_R, table.alt_R - tokenizer.A] - lp_ref_R

@@ -4,6 +4,11 @@
     model = nanodna.models.build_model(cfg, jax.random.key(0))
     logits_BLV = model(tokens_BL)            # float32, V = 8
 
+One way to build a module: model-level modules (Caduceus, MambaBlock, BiMamba, Mamba,
+SelectiveSSM, Transformer, TransformerBlock, Attention, SwiGLU) take the config,
+`Module(cfg, *, key)`; leaf layers with no config (Linear, RMSNorm) take their sizes, with the
+key keyword-only, `Linear(d_in, d_out, *, key, ...)`.
+
 `ModelConfig`, `sizes` and `flops_per_token` are plain Python and load at once; the JAX-built
 parts (the models, `build_model`, `count_params`, the strand average) load from their modules on
 first use (PEP 562), so that reading a saved config (nanodna.config) does not import JAX.

@@ -26,7 +26,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from nanodna.models import rcps
 from nanodna.models.config import ModelConfig
 from nanodna.models.layers import RMSNorm, scan_layers, stack_layers
-from nanodna.models.mamba import BiMamba, make_bimamba
+from nanodna.models.mamba import BiMamba
 from nanodna.tokenizer import reverse_complement
 
 EMBED_STD = 0.02  # mamba-ssm / Caduceus embedding init
@@ -44,16 +44,17 @@ class MambaBlock(eqx.Module):
     compute_dtype: str = eqx.field(static=True)
     swap_strands: bool = eqx.field(static=True, default=False)
 
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        self.norm = RMSNorm(cfg.d_model)
+        self.mixer = BiMamba(cfg, key=key)
+        self.compute_dtype = cfg.compute_dtype
+        self.swap_strands = cfg.rcps_swap_strands
+
     def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         if self.swap_strands:
             h_BLD = rcps.swap_strands(h_BLD)
         x_BLD = self.norm(h_BLD).astype(self.compute_dtype)
         return h_BLD + self.mixer(x_BLD).astype(jnp.float32)
-
-
-def make_block(cfg: ModelConfig, key: PRNGKeyArray) -> MambaBlock:
-    return MambaBlock(RMSNorm(cfg.d_model), make_bimamba(cfg, key), cfg.compute_dtype,
-                      cfg.rcps_swap_strands)
 
 
 class Caduceus(eqx.Module):
@@ -66,7 +67,7 @@ class Caduceus(eqx.Module):
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_emb, k_blocks = jax.random.split(key)
         self.embed = EMBED_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
-        self.blocks = stack_layers(lambda k: make_block(cfg, k), cfg.n_layers, k_blocks)
+        self.blocks = stack_layers(lambda k: MambaBlock(cfg, key=k), cfg.n_layers, k_blocks)
         self.norm_f = RMSNorm(cfg.d_model)
         self.rcps, self.remat = cfg.rcps, cfg.remat
 

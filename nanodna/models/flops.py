@@ -25,9 +25,9 @@ strand in training, its RC augmentation changes data, not work):
     in_proj 2*D*2E + out_proj 2*E*D      once with tied projections (BiMamba applies them to
                                          the summed directions), once per direction untied
     per direction (2 with BiMamba):
-        depthwise conv  2*E*K            (K taps, multiply-add each)
-        x_proj          2*E*(R+2N)
-        dt_proj         2*R*E
+        depthwise conv  2*E*W            (W taps, multiply-add each)
+        x_proj          2*E*(Q+2N)
+        dt_proj         2*Q*E
         selective scan  7*E*N            Mamba v1 recurrence (Gu & Dao 2023, arXiv 2312.00752,
                                          alg. 2 / eq. 2a-2b) per channel and state: dt*A (1),
                                          its exp (1, a transcendental counted as one op),
@@ -45,7 +45,7 @@ CPU (tests/test_flops.py, d_model 64 and 128) this count came out 2-4% low, meas
 
 `six_n_flops_per_token` gives the 6·N convention with N = non-embedding parameters
 (embedding table excluded, and the transformer's untied V x D head too, as Kaplan does).
-Glossary: D d_model, E d_inner, N d_state, R dt_rank, K d_conv, F SwiGLU hidden, H heads,
+Glossary: D d_model, E d_inner, N d_state, Q dt_rank, W d_conv, F SwiGLU hidden, H heads,
 V vocabulary, L sequence length.
 """
 
@@ -68,7 +68,7 @@ def forward_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
             "attn_scores": float(nl * 4 * seq_len * D),
             "head": float(2 * D * V),
         }
-    E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+    E, N, Q, W = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
     nl = cfg.n_layers
     strands = 2 if cfg.rcps else 1
     n_dir = 2 if cfg.bidirectional else 1
@@ -76,8 +76,8 @@ def forward_breakdown(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
     s = strands * nl
     return {
         "in_out_proj": float(s * n_proj * (2 * D * 2 * E + 2 * E * D)),
-        "conv": float(s * n_dir * 2 * E * K),
-        "x_dt_proj": float(s * n_dir * (2 * E * (R + 2 * N) + 2 * R * E)),
+        "conv": float(s * n_dir * 2 * E * W),
+        "x_dt_proj": float(s * n_dir * (2 * E * (Q + 2 * N) + 2 * Q * E)),
         "scan": float(s * n_dir * SCAN_OPS_PER_STATE * E * N),
         "head": float(strands * 2 * D * V),
     }
@@ -103,9 +103,9 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     if cfg.arch == "transformer":
         per_layer = 2 * D + 4 * D * D + 3 * D * cfg.ff_dim  # two RMSNorms, attention, SwiGLU
         return cfg.n_layers * per_layer + D  # + final norm
-    E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+    E, N, Q, W = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
     proj = D * 2 * E + E * D
-    ssm = E * K + E + E * (R + 2 * N) + R * E + E + E * N + E  # conv w+b, x_proj, dt w+b, A, D
+    ssm = E * W + E + E * (Q + 2 * N) + Q * E + E + E * N + E  # conv w+b, x_proj, dt w+b, A, D
     n_dir = 2 if cfg.bidirectional else 1
     n_proj = 1 if (cfg.tie_in_out_proj or not cfg.bidirectional) else n_dir
     return cfg.n_layers * (D + n_proj * proj + n_dir * ssm) + D

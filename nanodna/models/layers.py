@@ -26,7 +26,7 @@ class Linear(eqx.Module):
     bias: Array | None
     dtype: str = eqx.field(static=True)
 
-    def __init__(self, d_in: int, d_out: int, key: PRNGKeyArray, *, bias: bool = False,
+    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray, bias: bool = False,
                  std: float | None = None, dtype: str = "float32"):
         # Default: PyTorch's nn.Linear init, U(+-1/sqrt(d_in)), which mamba-ssm relies on.
         # With `std`: a normal init (transformers).
@@ -53,7 +53,7 @@ class RMSNorm(eqx.Module):
     weight: Array
     eps: float = eqx.field(static=True)
 
-    def __init__(self, d: int, eps: float = 1e-5):
+    def __init__(self, d: int, *, eps: float = 1e-5):
         self.weight = jnp.ones((d,), jnp.float32)
         self.eps = eps
 

@@ -1,7 +1,7 @@
 """Mamba v1 mixer and its bidirectional form (BiMamba), as in mamba-ssm / Caduceus.
 
-Glossary: B batch, L length, D d_model, E d_inner (= expand * D), N d_state, R dt_rank,
-K conv width.
+Glossary: B batch, L length, D d_model, E d_inner (= expand * D), N d_state, Q dt_rank,
+W conv width.
 
 Mamba mixer:  x, z = in_proj(h);  x = silu(causal depthwise conv(x));  dt, B, C = x_proj(x);
               y = selective_scan(x, dt_proj(dt), A, B, C, D, gate z, softplus(+dt bias));
@@ -32,21 +32,21 @@ DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 0.1, 1e-4  # mamba-ssm's dt initialisation rang
 
 
 def depthwise_conv(
-    x_BLE: Float[Array, "B L E"], w_EK: Float[Array, "E K"], b_E: Float[Array, " E"],
+    x_BLE: Float[Array, "B L E"], w_EW: Float[Array, "E W"], b_E: Float[Array, " E"],
     reverse: bool = False,
 ) -> Float[Array, "B L E"]:
-    """Per-channel conv of width K: causal (taps t-K+1..t), or anti-causal when reverse.
+    """Per-channel conv of width W: causal (taps t-W+1..t), or anti-causal when reverse.
 
-    Causal matches PyTorch's Conv1d(padding=K-1) truncated to L; the anti-causal form equals
+    Causal matches PyTorch's Conv1d(padding=W-1) truncated to L; the anti-causal form equals
     flip(causal(flip(x))), which is what the reverse mixer computes.
     """
-    K, L = w_EK.shape[1], x_BLE.shape[1]
-    w_EK, b_E = w_EK.astype(x_BLE.dtype), b_E.astype(x_BLE.dtype)
-    pad = (0, K - 1) if reverse else (K - 1, 0)
+    W, L = w_EW.shape[1], x_BLE.shape[1]
+    w_EW, b_E = w_EW.astype(x_BLE.dtype), b_E.astype(x_BLE.dtype)
+    pad = (0, W - 1) if reverse else (W - 1, 0)
     x_pad = jnp.pad(x_BLE, ((0, 0), pad, (0, 0)))
     y_BLE = b_E
-    for k in range(K):  # K is tiny (4): shifted multiply-adds, no conv layout shuffles
-        tap = w_EK[:, K - 1 - k] if reverse else w_EK[:, k]
+    for k in range(W):  # W is tiny (4): shifted multiply-adds, no conv layout shuffles
+        tap = w_EW[:, W - 1 - k] if reverse else w_EW[:, k]
         y_BLE = y_BLE + x_pad[:, k : k + L] * tap
     return y_BLE
 
@@ -54,26 +54,26 @@ def depthwise_conv(
 class SelectiveSSM(eqx.Module):
     """The direction-specific part of a Mamba mixer: conv1d, x_proj, dt_proj, A_log, D."""
 
-    conv_weight: Array  # (E, K)
+    conv_weight: Array  # (E, W)
     conv_bias: Array  # (E,)
-    x_proj: Linear  # E -> R + 2N
-    dt_proj: Linear  # R -> E, bias = inverse softplus of the initial dt
+    x_proj: Linear  # E -> Q + 2N
+    dt_proj: Linear  # Q -> E, bias = inverse softplus of the initial dt
     A_log: Array  # (E, N); A = -exp(A_log)
     D: Array  # (E,) skip
     d_state: int = eqx.field(static=True)
     scan_impl: str = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
-        E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+        E, N, Q, W = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
         k_cw, k_cb, k_x, k_dtw, k_dt = jax.random.split(key, 5)
-        bound = 1.0 / math.sqrt(K)  # PyTorch Conv1d default (fan_in = K for depthwise)
-        self.conv_weight = jax.random.uniform(k_cw, (E, K), minval=-bound, maxval=bound)
+        bound = 1.0 / math.sqrt(W)  # PyTorch Conv1d default (fan_in = W for depthwise)
+        self.conv_weight = jax.random.uniform(k_cw, (E, W), minval=-bound, maxval=bound)
         self.conv_bias = jax.random.uniform(k_cb, (E,), minval=-bound, maxval=bound)
-        self.x_proj = Linear(E, R + 2 * N, k_x, dtype=cfg.compute_dtype)
-        # dt_proj: weight U(+-R^-0.5) keeps dt_proj(dt) O(1) at init; the bias puts
+        self.x_proj = Linear(E, Q + 2 * N, key=k_x, dtype=cfg.compute_dtype)
+        # dt_proj: weight U(+-Q^-0.5) keeps dt_proj(dt) O(1) at init; the bias puts
         # softplus(bias) = dt log-uniform in [DT_MIN, DT_MAX], so memories span 10 to 1000 steps.
-        dt_proj = Linear(R, E, k_dtw, bias=True, dtype=cfg.compute_dtype)
-        w = jax.random.uniform(k_dtw, (E, R), minval=-(R**-0.5), maxval=R**-0.5)
+        dt_proj = Linear(Q, E, key=k_dtw, bias=True, dtype=cfg.compute_dtype)
+        w = jax.random.uniform(k_dtw, (E, Q), minval=-(Q**-0.5), maxval=Q**-0.5)
         log_dt = jax.random.uniform(k_dt, (E,), minval=math.log(DT_MIN), maxval=math.log(DT_MAX))
         dt = jnp.maximum(jnp.exp(log_dt), DT_FLOOR)
         inv_softplus_dt = dt + jnp.log(-jnp.expm1(-dt))
@@ -87,11 +87,11 @@ class SelectiveSSM(eqx.Module):
     def scan_inputs(self, x_BLE: Float[Array, "B L E"], reverse: bool = False):
         """conv -> silu -> x_proj -> dt_proj: the selective scan's (u, delta, A, B, C)."""
         x_BLE = jax.nn.silu(depthwise_conv(x_BLE, self.conv_weight, self.conv_bias, reverse))
-        R, N = self.dt_proj.weight.shape[1], self.d_state
+        Q, N = self.dt_proj.weight.shape[1], self.d_state
         dbc = self.x_proj(x_BLE)
-        dt_BLR, B_BLN, C_BLN = dbc[..., :R], dbc[..., R : R + N], dbc[..., R + N :]
+        dt_BLQ, B_BLN, C_BLN = dbc[..., :Q], dbc[..., Q : Q + N], dbc[..., Q + N :]
         # dt_proj's bias is added inside the scan (float32, before softplus), as in mamba-ssm.
-        dt_BLE = jnp.einsum("blr,er->ble", dt_BLR, self.dt_proj.weight.astype(dt_BLR.dtype))
+        dt_BLE = jnp.einsum("blq,eq->ble", dt_BLQ, self.dt_proj.weight.astype(dt_BLQ.dtype))
         return x_BLE, dt_BLE, -jnp.exp(self.A_log), B_BLN, C_BLN
 
     def __call__(
@@ -108,7 +108,7 @@ class SelectiveSSM(eqx.Module):
 def _out_proj(cfg: ModelConfig, key: PRNGKeyArray) -> Linear:
     """out_proj shrunk by 1/sqrt(n_layers) (GPT-2 style, mamba-ssm's _init_weights): the
     residual stream's variance then stays O(1) however deep the stack."""
-    lin = Linear(cfg.d_inner, cfg.d_model, key, dtype=cfg.compute_dtype)
+    lin = Linear(cfg.d_inner, cfg.d_model, key=key, dtype=cfg.compute_dtype)
     return eqx.tree_at(lambda m: m.weight, lin, lin.weight / math.sqrt(cfg.n_layers))
 
 
@@ -119,20 +119,17 @@ class Mamba(eqx.Module):
     ssm: SelectiveSSM
     out_proj: Linear  # E -> D, no bias
 
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        k_in, k_ssm, k_out = jax.random.split(key, 3)
+        self.in_proj = Linear(cfg.d_model, 2 * cfg.d_inner, key=k_in, dtype=cfg.compute_dtype)
+        self.ssm = SelectiveSSM(cfg, key=k_ssm)
+        self.out_proj = _out_proj(cfg, k_out)
+
     def __call__(
         self, h_BLD: Float[Array, "B L D"], reverse: bool = False
     ) -> Float[Array, "B L D"]:
         x_BLE, z_BLE = jnp.split(self.in_proj(h_BLD), 2, axis=-1)
         return self.out_proj(self.ssm(x_BLE, z_BLE, reverse=reverse))
-
-
-def make_mamba(cfg: ModelConfig, key: PRNGKeyArray) -> Mamba:
-    k_in, k_ssm, k_out = jax.random.split(key, 3)
-    return Mamba(
-        in_proj=Linear(cfg.d_model, 2 * cfg.d_inner, k_in, dtype=cfg.compute_dtype),
-        ssm=SelectiveSSM(cfg, key=k_ssm),
-        out_proj=_out_proj(cfg, k_out),
-    )
 
 
 class BiMamba(eqx.Module):
@@ -144,6 +141,16 @@ class BiMamba(eqx.Module):
 
     fwd: Mamba
     rev: Mamba | SelectiveSSM | None
+
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        k_fwd, k_rev = jax.random.split(key)
+        self.fwd = Mamba(cfg, key=k_fwd)
+        if not cfg.bidirectional:
+            self.rev = None
+        elif cfg.tie_in_out_proj:
+            self.rev = SelectiveSSM(cfg, key=k_rev)
+        else:
+            self.rev = Mamba(cfg, key=k_rev)
 
     def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         if self.rev is None:
@@ -163,13 +170,3 @@ class BiMamba(eqx.Module):
         )
         return self.fwd.out_proj(y_BLE)
 
-
-def make_bimamba(cfg: ModelConfig, key: PRNGKeyArray) -> BiMamba:
-    k_fwd, k_rev = jax.random.split(key)
-    if not cfg.bidirectional:
-        rev = None
-    elif cfg.tie_in_out_proj:
-        rev = SelectiveSSM(cfg, key=k_rev)
-    else:
-        rev = make_mamba(cfg, k_rev)
-    return BiMamba(fwd=make_mamba(cfg, k_fwd), rev=rev)

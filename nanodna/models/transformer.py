@@ -1,6 +1,7 @@
 """Llama-style transformer over DNA: bidirectional masked LM or causal LM.
 
-Glossary: B batch, L length, D d_model, H heads, K head dim, F SwiGLU hidden, V vocabulary.
+Glossary: B batch, L length, D d_model, H heads, P head dim (Mamba-2's letter), F SwiGLU hidden,
+V vocabulary.
 
     tokens -> embedding -> n_layers x [h + Attn(RMSNorm(h)); h + SwiGLU(RMSNorm(h))] -> RMSNorm -> head
 
@@ -25,16 +26,22 @@ from nanodna.models.layers import Linear, RMSNorm, scan_layers, stack_layers
 INIT_STD = 0.02  # GPT-2 / Llama init for projections and the embedding
 
 
-def rope(x_BLHK: Float[Array, "B L H K"], theta: float) -> Float[Array, "B L H K"]:
-    """Rotary position embedding: rotate channel pairs (k, k + K/2) by angle pos * theta^(-2k/K)."""
-    L, K = x_BLHK.shape[1], x_BLHK.shape[3]
-    inv_freq = theta ** (-jnp.arange(0, K // 2, dtype=jnp.float32) * 2 / K)
-    angle_LK = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    cos, sin = jnp.cos(angle_LK)[None, :, None, :], jnp.sin(angle_LK)[None, :, None, :]
-    x = x_BLHK.astype(jnp.float32)
-    x1, x2 = x[..., : K // 2], x[..., K // 2 :]
+def out_std(cfg: ModelConfig) -> float:
+    """Init std of the output projections (wo, w_down): INIT_STD / sqrt(2 n_layers), as GPT-2
+    scales them, since every block writes the residual stream twice."""
+    return INIT_STD / math.sqrt(2 * cfg.n_layers)
+
+
+def rope(x_BLHP: Float[Array, "B L H P"], theta: float) -> Float[Array, "B L H P"]:
+    """Rotary position embedding: rotate channel pairs (p, p + P/2) by angle pos * theta^(-2p/P)."""
+    L, P = x_BLHP.shape[1], x_BLHP.shape[3]
+    inv_freq = theta ** (-jnp.arange(0, P // 2, dtype=jnp.float32) * 2 / P)
+    angle_LP = jnp.arange(L, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    cos, sin = jnp.cos(angle_LP)[None, :, None, :], jnp.sin(angle_LP)[None, :, None, :]
+    x = x_BLHP.astype(jnp.float32)
+    x1, x2 = x[..., : P // 2], x[..., P // 2 :]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BLHK.dtype)
+    return out.astype(x_BLHP.dtype)
 
 
 class Attention(eqx.Module):
@@ -46,19 +53,35 @@ class Attention(eqx.Module):
     causal: bool = eqx.field(static=True)
     rope_theta: float = eqx.field(static=True)
 
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        D, cdt = cfg.d_model, cfg.compute_dtype
+        kq, kk, kv, ko = jax.random.split(key, 4)
+        self.wq = Linear(D, D, key=kq, std=INIT_STD, dtype=cdt)
+        self.wk = Linear(D, D, key=kk, std=INIT_STD, dtype=cdt)
+        self.wv = Linear(D, D, key=kv, std=INIT_STD, dtype=cdt)
+        self.wo = Linear(D, D, key=ko, std=out_std(cfg), dtype=cdt)
+        self.n_heads, self.causal, self.rope_theta = cfg.n_heads, cfg.causal, cfg.rope_theta
+
     def __call__(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         Bsz, L, Dm = x_BLD.shape
         H = self.n_heads
         q, k, v = (w(x_BLD).reshape(Bsz, L, H, Dm // H) for w in (self.wq, self.wk, self.wv))
         q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
-        o_BLHK = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=None)
-        return self.wo(o_BLHK.reshape(Bsz, L, Dm))
+        o_BLHP = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal, implementation=None)
+        return self.wo(o_BLHP.reshape(Bsz, L, Dm))
 
 
 class SwiGLU(eqx.Module):
     w_gate: Linear
     w_up: Linear
     w_down: Linear
+
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        D, F, cdt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
+        k_gate, k_up, k_down = jax.random.split(key, 3)
+        self.w_gate = Linear(D, F, key=k_gate, std=INIT_STD, dtype=cdt)
+        self.w_up = Linear(D, F, key=k_up, std=INIT_STD, dtype=cdt)
+        self.w_down = Linear(F, D, key=k_down, std=out_std(cfg), dtype=cdt)
 
     def __call__(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         return self.w_down(jax.nn.silu(self.w_gate(x_BLD)) * self.w_up(x_BLD))
@@ -71,30 +94,16 @@ class TransformerBlock(eqx.Module):
     mlp: SwiGLU
     compute_dtype: str = eqx.field(static=True)
 
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+        k_attn, k_mlp = jax.random.split(key)
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model), Attention(cfg, key=k_attn)
+        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model), SwiGLU(cfg, key=k_mlp)
+        self.compute_dtype = cfg.compute_dtype
+
     def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         cdt = self.compute_dtype
         h_BLD = h_BLD + self.attn(self.attn_norm(h_BLD).astype(cdt)).astype(jnp.float32)
         return h_BLD + self.mlp(self.mlp_norm(h_BLD).astype(cdt)).astype(jnp.float32)
-
-
-def make_block(cfg: ModelConfig, key: PRNGKeyArray) -> TransformerBlock:
-    D, F, cdt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
-    ks = jax.random.split(key, 7)
-    # Output projections shrink by 1/sqrt(2 n_layers): two residual writes per block.
-    out_std = INIT_STD / math.sqrt(2 * cfg.n_layers)
-    attn = Attention(
-        wq=Linear(D, D, ks[0], std=INIT_STD, dtype=cdt),
-        wk=Linear(D, D, ks[1], std=INIT_STD, dtype=cdt),
-        wv=Linear(D, D, ks[2], std=INIT_STD, dtype=cdt),
-        wo=Linear(D, D, ks[3], std=out_std, dtype=cdt),
-        n_heads=cfg.n_heads, causal=cfg.causal, rope_theta=cfg.rope_theta,
-    )
-    mlp = SwiGLU(
-        w_gate=Linear(D, F, ks[4], std=INIT_STD, dtype=cdt),
-        w_up=Linear(D, F, ks[5], std=INIT_STD, dtype=cdt),
-        w_down=Linear(F, D, ks[6], std=out_std, dtype=cdt),
-    )
-    return TransformerBlock(RMSNorm(D), attn, RMSNorm(D), mlp, cdt)
 
 
 class Transformer(eqx.Module):
@@ -107,7 +116,7 @@ class Transformer(eqx.Module):
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_emb, k_blocks, k_head = jax.random.split(key, 3)
         self.embed = INIT_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
-        self.blocks = stack_layers(lambda k: make_block(cfg, k), cfg.n_layers, k_blocks)
+        self.blocks = stack_layers(lambda k: TransformerBlock(cfg, key=k), cfg.n_layers, k_blocks)
         self.norm_f = RMSNorm(cfg.d_model)
         self.head = INIT_STD * jax.random.normal(k_head, (cfg.vocab_size, cfg.d_model))
         self.remat = cfg.remat

@@ -16,7 +16,8 @@ Bases are coded 0..3 (a, c, g, t) inside the simulator; token id = code + tokeni
 Each site carries a class (see CLASS_NAMES), a substitution rate relative to neutral, a repeat
 flag and the id of the element it belongs to (-1: none), so evolution and truth need nothing else.
 
-Glossary: L sequence length; K element length; S parallel Markov streams.
+Glossary: L sequence length; R rows (parallel Markov streams); C codons; 3 codon positions;
+Z Markov contexts (4^order); 4 the four bases.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def iid_bases(rng: np.random.Generator, n: int, gc: float) -> UInt8[np.ndarray, 
     return rng.choice(4, size=n, p=base_probs(gc)).astype(np.uint8)
 
 
-def gc_matched(rng: np.random.Generator, n: int, gc: float) -> UInt8[np.ndarray, " K"]:
+def gc_matched(rng: np.random.Generator, n: int, gc: float) -> UInt8[np.ndarray, " L"]:
     """A random consensus with exactly round(gc * n) G/C bases: families must not stand out in GC."""
     strong = rng.permutation(n) < round(gc * n)
     pick = rng.integers(0, 2, n).astype(np.uint8)
@@ -66,37 +67,37 @@ class Background:
     `take(n)` hands out consecutive pieces of one long pool.
     """
 
-    def __init__(self, cum_C4: np.ndarray, rng: np.random.Generator):
-        self.cum_C4, self.rng = cum_C4, rng
-        self.order = int(round(np.log(len(cum_C4)) / np.log(4)))
+    def __init__(self, cum_Z4: np.ndarray, rng: np.random.Generator):
+        self.cum_Z4, self.rng = cum_Z4, rng
+        self.order = int(round(np.log(len(cum_Z4)) / np.log(4)))
         self.pool = np.zeros(0, np.uint8)
         self.pos = 0
 
     @staticmethod
     def random(rng: np.random.Generator, cfg: SimConfig) -> "Background":
         """A fresh chain: per-context next-base probabilities drawn around the GC composition."""
-        p_C4 = rng.dirichlet(cfg.markov_concentration * base_probs(cfg.gc), size=4**cfg.markov_order)
+        p_Z4 = rng.dirichlet(cfg.markov_concentration * base_probs(cfg.gc), size=4**cfg.markov_order)
         # every context keeps the target GC (so the chain's does too); structure lives in which
         # weak (a/t) and which strong (c/g) base follows which context
         strong = np.array([False, True, True, False])
-        p_C4[:, strong] *= cfg.gc / p_C4[:, strong].sum(1, keepdims=True)
-        p_C4[:, ~strong] *= (1 - cfg.gc) / p_C4[:, ~strong].sum(1, keepdims=True)
-        return Background(np.cumsum(p_C4, axis=1), rng)
+        p_Z4[:, strong] *= cfg.gc / p_Z4[:, strong].sum(1, keepdims=True)
+        p_Z4[:, ~strong] *= (1 - cfg.gc) / p_Z4[:, ~strong].sum(1, keepdims=True)
+        return Background(np.cumsum(p_Z4, axis=1), rng)
 
     def fork(self, rng: np.random.Generator) -> "Background":
         """The same chain drawing from another generator (one per species, for determinism)."""
-        return Background(self.cum_C4, rng)
+        return Background(self.cum_Z4, rng)
 
     def _sample(self, n: int) -> UInt8[np.ndarray, " L"]:
         n_streams = max(1, min(4096, n // 256))
         steps = -(-n // n_streams)
-        u_SL = self.rng.random((n_streams, steps))
-        x_SL = np.zeros((n_streams, steps), np.uint8)
-        ctx_S = self.rng.integers(0, 4**self.order, n_streams)
+        u_RL = self.rng.random((n_streams, steps))
+        x_RL = np.zeros((n_streams, steps), np.uint8)
+        ctx_R = self.rng.integers(0, 4**self.order, n_streams)
         for t in range(steps):
-            x_SL[:, t] = (u_SL[:, t, None] > self.cum_C4[ctx_S]).sum(1)
-            ctx_S = (ctx_S * 4 + x_SL[:, t]) % 4**self.order
-        return x_SL.reshape(-1)[:n]
+            x_RL[:, t] = (u_RL[:, t, None] > self.cum_Z4[ctx_R]).sum(1)
+            ctx_R = (ctx_R * 4 + x_RL[:, t]) % 4**self.order
+        return x_RL.reshape(-1)[:n]
 
     def take(self, n: int) -> UInt8[np.ndarray, " L"]:
         if self.pos + n > len(self.pool):
@@ -126,7 +127,7 @@ SENSE_CODONS = np.array([[a, b, c] for a in range(4) for b in range(4) for c in 
                          if _LOWER[a] + _LOWER[b] + _LOWER[c] not in CODON_TABLE_STOPS], np.uint8)
 
 
-def codon_usage(rng: np.random.Generator, gc: float, concentration: float) -> Float[np.ndarray, " K"]:
+def codon_usage(rng: np.random.Generator, gc: float, concentration: float) -> Float[np.ndarray, " C"]:
     """Skewed usage of the sense codons (real genes favour some codons), tilted to the target GC.
 
     Draw weights around the base-composition product (Dirichlet: lower concentration, more skew),

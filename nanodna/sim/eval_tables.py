@@ -13,7 +13,8 @@ Scores reported on the table (ROC AUC):
     trivial         window GC, target is G/C, frequency of the target's centred k-mer: must sit
                     near 0.5, or composition gives the answer away
 
-Glossary: N eval rows; W window length; L sequence length; Q distinct query contexts.
+Glossary: R eval rows; M rows of the small subset; W window length; L sequence length;
+4 the four bases.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ CONSTRAINED_CLASSES = (anc_lib.CODON, anc_lib.SPLICE, anc_lib.MOTIF, anc_lib.CNE
 def sample_sites(rng: np.random.Generator, cfg: SimConfig, codes: UInt8[np.ndarray, " L"],
                  cls: UInt8[np.ndarray, " L"], rate: Float[np.ndarray, " L"],
                  repeat: Bool[np.ndarray, " L"], anc_pos: Int[np.ndarray, " L"],
-                 lo: int, hi: int) -> tuple[Int[np.ndarray, " N"], Int[np.ndarray, " N"]]:
+                 lo: int, hi: int) -> tuple[Int[np.ndarray, " R"], Int[np.ndarray, " R"]]:
     """Balanced (positions, labels) with targets in [lo, hi), shuffled; base mix matched."""
     half = cfg.n_eval // 2
     inside = np.zeros(len(codes), bool)
@@ -72,7 +73,7 @@ def sample_sites(rng: np.random.Generator, cfg: SimConfig, codes: UInt8[np.ndarr
     return sites[order], labels[order]
 
 
-def small_subset(labels: Int[np.ndarray, " N"], n_small: int) -> Int[np.ndarray, " M"]:
+def small_subset(labels: Int[np.ndarray, " R"], n_small: int) -> Int[np.ndarray, " M"]:
     """Row indices of a balanced subset: the first n_small/2 of each label, in table order."""
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     return np.sort(np.concatenate([pos[: n_small // 2], neg[: n_small // 2]]))
@@ -90,8 +91,8 @@ def _context_codes(x: UInt8[np.ndarray, " L"], k: int) -> tuple[np.ndarray, np.n
     return code, x[k : k + n]
 
 
-def context_counts(seqs: list[np.ndarray], query_ctx: Int[np.ndarray, " N"], k: int
-                   ) -> Int[np.ndarray, "N 4"]:
+def context_counts(seqs: list[np.ndarray], query_ctx: Int[np.ndarray, " R"], k: int
+                   ) -> Int[np.ndarray, "R 4"]:
     """How often each base sits between each query's flanks, over all seqs and both strands."""
     uniq = np.unique(query_ctx)
     counts = np.zeros(len(uniq) * 4, np.int64)
@@ -113,48 +114,48 @@ def context_counts(seqs: list[np.ndarray], query_ctx: Int[np.ndarray, " N"], k: 
     return counts.reshape(-1, 4)[np.searchsorted(uniq, query_ctx)]
 
 
-def query_contexts(windows_NW: UInt8[np.ndarray, "N W"], centre: int, k: int) -> Int[np.ndarray, " N"]:
-    code = np.zeros(len(windows_NW), np.int64)
+def query_contexts(windows_RW: UInt8[np.ndarray, "R W"], centre: int, k: int) -> Int[np.ndarray, " R"]:
+    code = np.zeros(len(windows_RW), np.int64)
     for j in range(-k, k + 1):
         if j:
-            code = code * 4 + windows_NW[:, centre + j]
+            code = code * 4 + windows_RW[:, centre + j]
     return code
 
 
-def local_context_score(seqs: list[np.ndarray], windows_NW: UInt8[np.ndarray, "N W"], centre: int,
-                        k: int) -> Float[np.ndarray, " N"]:
+def local_context_score(seqs: list[np.ndarray], windows_RW: UInt8[np.ndarray, "R W"], centre: int,
+                        k: int) -> Float[np.ndarray, " R"]:
     """p(ref | flanks) with add-one smoothing, the query's own occurrence left out."""
-    n_N4 = context_counts(seqs, query_contexts(windows_NW, centre, k), k)
-    ref = windows_NW[:, centre].astype(np.int64)
-    n_N4[np.arange(len(ref)), ref] -= 1  # the site itself is in the reference genome
-    return (n_N4[np.arange(len(ref)), ref] + 1) / (n_N4.sum(1) + 4)
+    n_R4 = context_counts(seqs, query_contexts(windows_RW, centre, k), k)
+    ref = windows_RW[:, centre].astype(np.int64)
+    n_R4[np.arange(len(ref)), ref] -= 1  # the site itself is in the reference genome
+    return (n_R4[np.arange(len(ref)), ref] + 1) / (n_R4.sum(1) + 4)
 
 
-def kmer_frequency(seqs: list[np.ndarray], windows_NW: UInt8[np.ndarray, "N W"], centre: int,
-                   kmer: int) -> Float[np.ndarray, " N"]:
+def kmer_frequency(seqs: list[np.ndarray], windows_RW: UInt8[np.ndarray, "R W"], centre: int,
+                   kmer: int) -> Float[np.ndarray, " R"]:
     """Genome-wide count of the k-mer centred on the target (k odd)."""
     half = kmer // 2
-    n_N4 = context_counts(seqs, query_contexts(windows_NW, centre, half), half)
-    return n_N4[np.arange(len(n_N4)), windows_NW[:, centre]].astype(np.float64)
+    n_R4 = context_counts(seqs, query_contexts(windows_RW, centre, half), half)
+    return n_R4[np.arange(len(n_R4)), windows_RW[:, centre]].astype(np.float64)
 
 
-def auc(labels: Int[np.ndarray, " N"], score: Float[np.ndarray, " N"]) -> float:
+def auc(labels: Int[np.ndarray, " R"], score: Float[np.ndarray, " R"]) -> float:
     """ROC AUC by the project's metric (nanodna.evaluation.metrics.roc_auc)."""
     return roc_auc(labels, score)
 
 
-def score_table(cfg: SimConfig, seqs: list[np.ndarray], windows_NW: UInt8[np.ndarray, "N W"],
-                labels: Int[np.ndarray, " N"], align_score: Float[np.ndarray, " N"]) -> dict:
+def score_table(cfg: SimConfig, seqs: list[np.ndarray], windows_RW: UInt8[np.ndarray, "R W"],
+                labels: Int[np.ndarray, " R"], align_score: Float[np.ndarray, " R"]) -> dict:
     """ROC AUC of the alignment ceiling, the local-context model and the trivial baselines."""
     centre = cfg.window // 2 - 1
-    gc_NW = (windows_NW == 1) | (windows_NW == 2)
-    by_k = {k: auc(labels, local_context_score(seqs, windows_NW, centre, k)) for k in cfg.context_ks}
+    gc_RW = (windows_RW == 1) | (windows_RW == 2)
+    by_k = {k: auc(labels, local_context_score(seqs, windows_RW, centre, k)) for k in cfg.context_ks}
     best_k = max(by_k, key=by_k.get)
     return {
         "alignment": auc(labels, align_score),
         "local_context": {"best": by_k[best_k], "best_k": best_k,
                           "by_k": {str(k): v for k, v in by_k.items()}},
-        "window_gc": auc(labels, gc_NW.mean(1)),
-        "target_gc": auc(labels, gc_NW[:, centre].astype(np.float64)),
-        "kmer_frequency": auc(labels, kmer_frequency(seqs, windows_NW, centre, cfg.kmer_baseline_k)),
+        "window_gc": auc(labels, gc_RW.mean(1)),
+        "target_gc": auc(labels, gc_RW[:, centre].astype(np.float64)),
+        "kmer_frequency": auc(labels, kmer_frequency(seqs, windows_RW, centre, cfg.kmer_baseline_k)),
     }

@@ -15,7 +15,7 @@ this file runs them and writes files.
 The output folder is built under a temporary name and renamed at the end (nanodna.atomic), so
 an interrupted run leaves nothing half-written. The same seed gives byte-identical files.
 
-Glossary: L sequence length; A ancestral length; N eval rows; W window length.
+Glossary: L sequence length; A ancestral length; R eval rows; W window length.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _write_eval(out: str, cfg: SimConfig, rng: np.random.Generator, ref: Species
     centre = half - 1  # the target's index in its window (255 for 512 bp)
     sites, labels = sim_eval.sample_sites(rng, cfg, ref.codes, ref.cls, ref.rate, ref.repeat,
                                           ref.anc_pos, lo + centre, hi - half)
-    windows_NW = np.stack([ref.codes[p - centre : p + half + 1] for p in sites])
+    windows_RW = np.stack([ref.codes[p - centre : p + half + 1] for p in sites])
     texts = [tokenizer.decode(ref.codes[p - centre : p + half + 1] + tokenizer.A,
                               ref.repeat[p - centre : p + half + 1]) for p in sites]
     write_tsv(os.path.join(out, "eval", "conservation.tsv"),
@@ -117,7 +117,7 @@ def _write_eval(out: str, cfg: SimConfig, rng: np.random.Generator, ref: Species
         "align_score": [f"{a:.4f}" for a in align[sites]],
         "ref": [tokenizer.BASES[c] for c in ref.codes[sites]],
     })
-    return sites, labels, windows_NW
+    return sites, labels, windows_RW
 
 
 def _generate(out: str, cfg: SimConfig, seed: int, preset: str, progress: bool) -> dict:
@@ -160,10 +160,10 @@ def _generate(out: str, cfg: SimConfig, seed: int, preset: str, progress: bool) 
         "chrom_offsets": np.array([s for s, _ in ref_spans], np.int64)})
 
     # eval sites from the last chromosome of the reference only, so training may hold it out
-    sites, labels, windows_NW = _write_eval(out, cfg, rng_eval, ref, ref_spans[-1], chrom_names[-1], align)
+    sites, labels, windows_RW = _write_eval(out, cfg, rng_eval, ref, ref_spans[-1], chrom_names[-1], align)
     if progress:
         print("scoring the eval table (alignment, local context, baselines) ...", flush=True)
-    aucs = sim_eval.score_table(cfg, seqs, windows_NW, labels, align[sites].astype(np.float64))
+    aucs = sim_eval.score_table(cfg, seqs, windows_RW, labels, align[sites].astype(np.float64))
     card = sim_card.make_card(cfg, seed, preset, anc, records, ref.name, ref, branches, sites, labels,
                               chrom_names[-1], aucs)
     atomic.write_text(os.path.join(out, "card.json"), json.dumps(card, indent=1))

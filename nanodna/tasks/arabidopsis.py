@@ -22,7 +22,7 @@ Soft-masked (repeat) and N sites are never labelled. Rows are balanced per targe
 overlap. Table rows: sequence (window, soft-masking kept), label, pos (target index), chrom,
 site (0-based chromosome coordinate), base.
 
-Glossary: T length of the held-out tail, W window length.
+Glossary: T length of the held-out tail, W window length, C codons, 3 codon positions.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """The training loop: resume or initialise, step, log, evaluate, checkpoint, stop cleanly.
 
     refuse a config the workdir's run cannot continue under (before writing anything)
+    resume from the workdir's latest checkpoint or initialise (training/workdir.py)
     compile the step ahead; stop if its memory cannot fit the device (training/memory.py)
     for step in start+1 .. total (train.steps, or fewer to fit train.max_minutes: StepBudget,
                                   fitted once and kept in workdir/schedule.json):
         batch -> device (split over "data") -> compiled step(state, batch, lr) (state donated)
-        pull the PREVIOUS step's metrics (the device is already busy with this one)
+        pull the PREVIOUS step's metrics (the device is already busy with this one) and check
+            them (training/progress.py)
         every log_every: metrics.jsonl / TensorBoard / progress bar
         every checkpoint_every, and at WSD-S hot/cold steps: async checkpoint
-        every eval.every: validation loss + conservation ROC AUC
+        every eval.every: validation loss + conservation ROC AUC (training/evaluate.py)
     stop early on SIGTERM / Ctrl-C (checkpoint, return), on train.max_minutes (final eval +
     checkpoint), with NonFiniteLoss naming the step when the loss or gradient is NaN or
     infinite (unless train.skip_nonfinite), or with EmptyBatches after train.max_empty_steps
@@ -20,15 +22,9 @@ ones, the tests small stand-ins from tests/_fakes.py); the config here only sets
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import json
-import math
 import os
-import shutil
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -36,17 +32,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from nanodna import atomic
-from nanodna.checkpoint import (
-    CHECKPOINTS,
-    CONFIG_FILE,
-    check_resume,
-    model_static,
-    write_config,
-)
-from nanodna.config import Config, ConfigError
-from nanodna.data.batch import Batch
-from nanodna.errors import UserError
+from nanodna.checkpoint import CHECKPOINTS, check_resume, write_config
+from nanodna.config import Config
 from nanodna.models.build import count_params
 from nanodna.models.config import ModelConfig
 from nanodna.models.flops import flops_per_token
@@ -54,41 +41,18 @@ from nanodna.training import memory
 from nanodna.training import mesh as mesh_lib
 from nanodna.training import step as step_lib
 from nanodna.training.checkpoint import Checkpointer
+from nanodna.training.evaluate import BatchIterator, EvaluateTable, evaluate
 from nanodna.training.logging import MetricsLogger, mfu, peak_flops_per_device
 from nanodna.training.optim import make_optimizer
+from nanodna.training.progress import Progress, check_step
 from nanodna.training.schedules import StepBudget, hot_cold_steps, make_schedule
 from nanodna.training.signals import StopRequested, stop_on_signals
-
-BatchIterator = Iterator[Batch]  # with get_state() -> dict and set_state(dict), for resuming
-EvaluateTable = Callable[..., dict]  # (model, model_cfg, table, batch_size=, max_rows=) -> metrics
-
-
-SCHEDULE_FILE = "schedule.json"  # the run length fitted to train.max_minutes, kept for resumes
-
-
-class NonFiniteLoss(UserError, FloatingPointError):
-    """The loss or gradient became NaN or infinite (lower optim.lr, or check the data)."""
-
-
-class EmptyBatches(UserError):
-    """Many training batches in a row carried no loss weight: the data trains nothing."""
-
-
-@dataclasses.dataclass
-class Progress:
-    """The loop's mutable bookkeeping, in one place."""
-
-    step: int  # updates made so far
-    total: int  # the run's length (may be refitted to the time budget)
-    saved_at: int  # step of the last checkpoint
-    window_t: float  # start of the throughput window (time.monotonic seconds) ...
-    window_tokens: int = 0  # ... and the tokens trained since
-    pending: tuple | None = None  # (step, metrics, n_tokens, lr) dispatched, not yet pulled
-    last: dict = dataclasses.field(default_factory=dict)  # last pulled training metrics
-    last_eval: dict = dataclasses.field(default_factory=dict)
-    flops_per_token: float | None = None  # for MFU, known after the first batch
-    stopped: str = "done"  # "done" | "signal" | "time"
-    empty: int = 0  # consecutive pulled steps whose batch had no loss weight
+from nanodna.training.workdir import (
+    clear_run,
+    read_schedule,
+    restore_or_init,
+    write_schedule,
+)
 
 
 def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module],
@@ -120,7 +84,7 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     ckpt = Checkpointer(os.path.join(workdir, CHECKPOINTS), keep=tc.keep_checkpoints)
     logger = MetricsLogger(workdir, tensorboard=tc.tensorboard)
     data_it = train_iter(cfg)
-    state, static, shardings, key, start, total = _restore_or_init(
+    state, static, shardings, key, start, total = restore_or_init(
         cfg, workdir, build, optimizer, mesh, ckpt, data_it, logger)
     fitted = read_schedule(workdir)
     if fitted is not None and start < fitted:  # a budget fitted this run's length: keep it
@@ -139,7 +103,7 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     first = None
     if start < total:  # compile ahead: the memory check comes before the first step
         first = next(data_it)
-        _check_batch(first, mesh, tc.microbatches)
+        mesh_lib.check_batch(first, mesh, tc.microbatches)
         train_step = train_step.lower(state, mesh_lib.put_batch(first, batch_sharding),
                                       np.float32(0.0)).compile()
         if tc.check_memory:
@@ -165,29 +129,7 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
         s, metrics, n_tokens, lr = run.pending
         run.pending = None
         row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        skipped = row.pop("skipped") > 0
-        if skipped:
-            tqdm.write(f"warning: step {s}: loss {row['loss']}, gradient norm "
-                       f"{row['grad_norm']}: update skipped (train.skip_nonfinite)")
-            row = {"skipped_nonfinite": 1, "loss_weight": row["loss_weight"]}
-        elif not (math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"])):
-            raise NonFiniteLoss(
-                f"loss {row['loss']}, gradient norm {row['grad_norm']} at step {s}: stopping "
-                f"(the last checkpoint, step {run.saved_at}, is the last good state; lower "
-                "optim.lr, check the data, or set train.skip_nonfinite=True)")
-        if row["loss_weight"] == 0.0:  # the loss is undefined, not 0: not logged
-            row.pop("loss", None)
-            run.empty += 1
-            if run.empty == 1:
-                tqdm.write(f"warning: step {s}: the batch carries no loss weight (every target "
-                           "padding, or soft-masked with data.repeat_weight_train=0): no loss")
-            if run.empty >= tc.max_empty_steps:
-                raise EmptyBatches(
-                    f"{run.empty} training batches in a row (up to step {s}) carry no loss "
-                    "weight: every target is padding or soft-masked with "
-                    "data.repeat_weight_train=0; raise the repeat weight or check the genomes")
-        else:
-            run.empty = 0
+        row = check_step(run, s, row, tc.max_empty_steps)
         row["lr"] = lr
         run.window_tokens += n_tokens
         if s % tc.log_every == 0 or s == run.total or force_log:
@@ -270,104 +212,8 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
             "n_params": n_params, **run.last, **run.last_eval}
 
 
-def evaluate(cfg: Config, params, static, eval_step, mesh,
-             eval_iter: Callable[[Config], BatchIterator],
-             evaluate_table: EvaluateTable | None) -> dict:
-    """Validation loss over eval.val_batches held-out batches, and conservation AUC."""
-    out = {}
-    if cfg.eval.val_batches > 0:
-        total = weight = 0.0
-        for batch in itertools.islice(eval_iter(cfg), cfg.eval.val_batches):
-            s, w = eval_step(params, mesh_lib.put_batch(batch, mesh_lib.batch_sharding(mesh)))
-            total, weight = total + float(s), weight + float(w)
-        if weight > 0:
-            out["eval/val_loss"] = total / weight
-        else:  # nothing scored: missing, not a perfect 0.0
-            warnings.warn(
-                f"eval/val_loss not reported: its {cfg.eval.val_batches} validation batches carry "
-                "no loss weight (every target soft-masked with data.repeat_weight_eval=0, or "
-                "padding)", stacklevel=2)
-    if evaluate_table is not None and cfg.eval.table:
-        result = evaluate_table(eqx.combine(params, static), cfg.model, cfg.eval.table, batch_size=cfg.eval.batch_size,
-                                max_rows=cfg.eval.max_rows)
-        out.update({f"eval/{k}": v for k, v in result.items() if k in ("roc_auc", "auprc", "n")})
-    return out
-
-
-def _restore_or_init(cfg, workdir, build, optimizer, mesh, ckpt, data_it, logger):
-    """Resume from the workdir's latest checkpoint (state, data position, RNG, run length),
-    or initialise straight into the shardings.
-
-    Returns (state, static, shardings, key, start step, total steps).
-    """
-    tc = cfg.train
-    key = jax.random.key(tc.seed)
-    start = ckpt.latest_step() or 0
-    if not start:  # a new run, or one killed before its first complete checkpoint
-        logger.truncate_after(0)
-        state, static, shardings = step_lib.init_train_state(
-            build, optimizer, key, mesh, tc.fsdp, tc.fsdp_min_size)
-        return state, static, shardings, key, 0, tc.steps
-    shapes = step_lib.state_shapes(build, optimizer, key)
-    shardings = mesh_lib.state_shardings(shapes, mesh, tc.fsdp, tc.fsdp_min_size)
-    state, data_state, key, meta = ckpt.restore(start, step_lib.restore_target(shapes, shardings))
-    data_it.set_state(data_state)
-    logger.truncate_after(start)  # entries past the checkpoint will be written again
-    print(f"resumed from {workdir} at step {start}")
-    # Keep the run length the checkpoint was made with (it may have been fitted to a budget),
-    # unless that run had already ended: then go on to train.steps.
-    saved_total = meta.get("total_steps")
-    total = saved_total if saved_total and start < saved_total <= tc.steps else tc.steps
-    return state, model_static(build, key), shardings, key, start, total
-
-
 def _flops_per_token(cfg: Config, seq_len: int) -> float | None:
     """Training FLOPs per token for MFU (None for a stand-in model config)."""
     if not isinstance(cfg.model, ModelConfig):
         return None
     return float(flops_per_token(cfg.model, seq_len))
-
-
-def _check_batch(batch: Batch, mesh, microbatches: int = 1) -> None:
-    """One-line errors for batches the mesh cannot split (instead of a deep sharding error)."""
-    n = mesh.devices.size // jax.process_count()
-    B = batch.tokens_BL.shape[0]
-    if B % n:
-        raise ConfigError(f"batch size {B} per process is not divisible by its {n} local "
-                          "device(s): change data.batch_size or train.num_devices")
-    if microbatches < 1 or B % (n * microbatches):
-        raise ConfigError(f"batch size {B} per process is not divisible by train.microbatches="
-                          f"{microbatches} x {n} local device(s)")
-    if not np.issubdtype(batch.tokens_BL.dtype, np.integer):
-        raise TypeError(f"batch tokens must be integers, got {batch.tokens_BL.dtype}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The workdir's run
-
-
-def clear_run(workdir: str) -> None:
-    """--restart: remove a run's checkpoints, metrics, TensorBoard, config and schedule."""
-    if jax.process_index() != 0:
-        return
-    for name in (CHECKPOINTS, "tb"):
-        shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-    for name in ("metrics.jsonl", CONFIG_FILE, SCHEDULE_FILE):
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def write_schedule(workdir: str, total: int, at_step: int, max_minutes: float | None) -> None:
-    """Record the run length fitted to the budget: a resumed run continues this schedule."""
-    atomic.write_text(os.path.join(workdir, SCHEDULE_FILE), json.dumps(
-        {"total_steps": int(total), "fitted_at_step": int(at_step), "max_minutes": max_minutes}))
-
-
-def read_schedule(workdir: str) -> int | None:
-    """The fitted run length of workdir/schedule.json (None when no budget fitted one)."""
-    path = os.path.join(workdir, SCHEDULE_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return int(json.load(f)["total_steps"])

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nanodna.config import ConfigError
 from nanodna.data.batch import Batch
 
 DATA = "data"
@@ -93,3 +94,21 @@ def put_batch(batch: Batch, sharding: NamedSharding) -> Batch:
     """Host batch -> global device arrays. Each process passes its own slice of the global
     batch (the data stream yields per-process batches), so this works on one or many hosts."""
     return Batch(*(jax.make_array_from_process_local_data(sharding, x) for x in batch))
+
+
+def check_batch(batch: Batch, mesh: Mesh, microbatches: int = 1) -> None:
+    """One-line errors for batches the mesh cannot split (instead of a deep sharding error).
+
+    Raises ConfigError when the per-process batch size is not divisible by the local devices
+    (times train.microbatches), TypeError when the tokens are not integers.
+    """
+    n = mesh.devices.size // jax.process_count()
+    B = batch.tokens_BL.shape[0]
+    if B % n:
+        raise ConfigError(f"batch size {B} per process is not divisible by its {n} local "
+                          "device(s): change data.batch_size or train.num_devices")
+    if microbatches < 1 or B % (n * microbatches):
+        raise ConfigError(f"batch size {B} per process is not divisible by train.microbatches="
+                          f"{microbatches} x {n} local device(s)")
+    if not np.issubdtype(batch.tokens_BL.dtype, np.integer):
+        raise TypeError(f"batch tokens must be integers, got {batch.tokens_BL.dtype}")
