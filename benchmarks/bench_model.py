@@ -2,6 +2,8 @@
 
     python benchmarks/bench_model.py --size plantcad_l20 --batch 1 2 --repeats 5
     python benchmarks/bench_model.py --scan-impl ref chunked_seq --batch 2
+    python benchmarks/bench_model.py --size caduceus_tiny transformer_1m --width 32 64 128 \
+        --layers 3 --length 128 --batch 32          # Caduceus-PS vs transformer at equal widths
 
 Times one jitted value_and_grad of a masked-LM-style loss (no optimizer), median of
 --repeats after a compile + warm-up call; prints tokens/s and achieved FLOP/s from
@@ -23,7 +25,9 @@ from nanodna.models import build_model, count_params, flops_per_token, sizes
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="plantcad_l20", choices=sorted(sizes.SIZES))
+    p.add_argument("--size", nargs="+", default=["plantcad_l20"], choices=sorted(sizes.SIZES))
+    p.add_argument("--width", type=int, nargs="+", default=[None], help="d_model override(s)")
+    p.add_argument("--layers", type=int, default=None, help="n_layers override")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 2])
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--scan-impl", nargs="+", default=["auto"])
@@ -32,36 +36,50 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
-    print(f"device: {jax.devices()[0].device_kind}; {args.size}, L={args.length}, {args.dtype}"
+    print(f"device: {jax.devices()[0].device_kind}; L={args.length}, {args.dtype}"
           f"{', remat' if args.remat else ''}")
-    print("| scan impl | B | compile s | step ms (median) | tokens/s | GFLOP/s |")
-    print("|---|---|---|---|---|---|")
-    for impl in args.scan_impl:
-        cfg = sizes.get(args.size, scan_impl=impl, compute_dtype=args.dtype, remat=args.remat)
-        model = eqx.filter_jit(lambda k: build_model(cfg, k))(jax.random.key(0))
-        for Bsz in args.batch:
-            tokens = jax.random.randint(jax.random.key(1), (Bsz, args.length), 3, 7)
+    print("| size | width | params | scan impl | B | compile s | step ms (median) | tokens/s | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for width in args.width:  # sizes interleaved per width: same-run ratios
+        for size in args.size:
+            for impl in args.scan_impl:
+                over = {"max_len": max(args.length, sizes.get(size).max_len)}
+                if width is not None:
+                    over["d_model"] = width
+                if args.layers is not None:
+                    over["n_layers"] = args.layers
+                cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
+                                remat=args.remat, **over)
+                for Bsz in args.batch:
+                    row = time_step(cfg, Bsz, args.length, args.repeats)
+                    print(f"| {size} | {cfg.d_model} | {row['params']} | {impl} | {Bsz} | "
+                          f"{row['compile_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
+                          f"{row['tok_s']:.0f} | {row['gflops']:.1f} |", flush=True)
 
-            @eqx.filter_jit
-            @eqx.filter_value_and_grad
-            def loss(m):
-                logp = jax.nn.log_softmax(m(tokens))
-                return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
 
-            t0 = time.perf_counter()
-            jax.block_until_ready(loss(model))
-            compile_s = time.perf_counter() - t0
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(loss(model))
-                times.append(time.perf_counter() - t0)
-            step = statistics.median(times)
-            tok_s = Bsz * args.length / step
-            gflops = tok_s * flops_per_token(cfg, args.length) / 1e9
-            print(f"| {impl} | {Bsz} | {compile_s:.1f} | {step * 1e3:.0f} | {tok_s:.0f} | {gflops:.1f} |",
-                  flush=True)
-    print(f"params: {count_params(model) / 1e6:.2f}M")
+def time_step(cfg, Bsz: int, length: int, repeats: int) -> dict:
+    """Compile, warm up and time one jitted value_and_grad of a token log-likelihood loss."""
+    model = eqx.filter_jit(lambda k: build_model(cfg, k))(jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (Bsz, length), 3, 7)
+
+    @eqx.filter_jit
+    @eqx.filter_value_and_grad
+    def loss(m):
+        logp = jax.nn.log_softmax(m(tokens))
+        return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(loss(model))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(loss(model))
+        times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    tok_s = Bsz * length / step
+    return {"params": count_params(model), "compile_s": compile_s, "step_s": step,
+            "tok_s": tok_s, "gflops": tok_s * flops_per_token(cfg, length) / 1e9}
 
 
 if __name__ == "__main__":
