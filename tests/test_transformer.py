@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from nanodna.models import build_model, count_params, sizes
-from nanodna.models.transformer import rope
+from nanodna.models.layers import Linear
+from nanodna.models.transformer import INIT_STD, TransformerBlock, out_std, rope
 from tests._layer_loop import assert_scan_equals_python_loop
 
 CFG = dataclasses.replace(sizes.get("transformer_1m"), d_model=32, n_layers=2, n_heads=4)
@@ -77,3 +78,20 @@ def test_parameter_count_closed_form(mlm):
 def test_bad_heads_is_a_clear_error():
     with pytest.raises(ValueError, match="heads"):
         dataclasses.replace(CFG, n_heads=5)
+
+
+def test_block_init_draws_each_projection_from_one_seven_way_split():
+    """Saved runs and published figures were made with this key layout: q, k, v, o, gate, up,
+    down take keys 0..6 of one split of the block's key (a different layout changes every
+    transformer's starting weights for a given seed)."""
+    key = jax.random.key(3)
+    block = TransformerBlock(CFG, key=key)
+    ks = jax.random.split(key, 7)
+    D, F = CFG.d_model, CFG.ff_dim
+    projections = [block.attn.wq, block.attn.wk, block.attn.wv, block.attn.wo,
+                   block.mlp.w_gate, block.mlp.w_up, block.mlp.w_down]
+    shapes = [(D, D)] * 4 + [(D, F), (D, F), (F, D)]
+    stds = [INIT_STD] * 3 + [out_std(CFG)] + [INIT_STD] * 2 + [out_std(CFG)]
+    for lin, k, (d_in, d_out), std in zip(projections, ks, shapes, stds):
+        expected = Linear(d_in, d_out, key=k, std=std)
+        np.testing.assert_array_equal(np.asarray(lin.weight), np.asarray(expected.weight))

@@ -18,7 +18,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray
 
 from nanodna.models.config import ModelConfig
 from nanodna.models.layers import Linear, RMSNorm, scan_layers, stack_layers
@@ -53,9 +53,10 @@ class Attention(eqx.Module):
     causal: bool = eqx.field(static=True)
     rope_theta: float = eqx.field(static=True)
 
-    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray | Key[Array, " 4"]):
+        """key: one PRNG key, or 4 keys (q, k, v, o) as TransformerBlock hands them down."""
         D, cdt = cfg.d_model, cfg.compute_dtype
-        kq, kk, kv, ko = jax.random.split(key, 4)
+        kq, kk, kv, ko = jax.random.split(key, 4) if key.ndim == 0 else key
         self.wq = Linear(D, D, key=kq, std=INIT_STD, dtype=cdt)
         self.wk = Linear(D, D, key=kk, std=INIT_STD, dtype=cdt)
         self.wv = Linear(D, D, key=kv, std=INIT_STD, dtype=cdt)
@@ -76,9 +77,10 @@ class SwiGLU(eqx.Module):
     w_up: Linear
     w_down: Linear
 
-    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
+    def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray | Key[Array, " 3"]):
+        """key: one PRNG key, or 3 keys (gate, up, down) as TransformerBlock hands them down."""
         D, F, cdt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
-        k_gate, k_up, k_down = jax.random.split(key, 3)
+        k_gate, k_up, k_down = jax.random.split(key, 3) if key.ndim == 0 else key
         self.w_gate = Linear(D, F, key=k_gate, std=INIT_STD, dtype=cdt)
         self.w_up = Linear(D, F, key=k_up, std=INIT_STD, dtype=cdt)
         self.w_down = Linear(F, D, key=k_down, std=out_std(cfg), dtype=cdt)
@@ -95,9 +97,11 @@ class TransformerBlock(eqx.Module):
     compute_dtype: str = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
-        k_attn, k_mlp = jax.random.split(key)
-        self.attn_norm, self.attn = RMSNorm(cfg.d_model), Attention(cfg, key=k_attn)
-        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model), SwiGLU(cfg, key=k_mlp)
+        # One 7-way split, 4 keys to attention and 3 to the MLP: the draw every saved run and
+        # BENCHMARKS figure of the transformer was made with (same seed, same weights).
+        ks = jax.random.split(key, 7)
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model), Attention(cfg, key=ks[:4])
+        self.mlp_norm, self.mlp = RMSNorm(cfg.d_model), SwiGLU(cfg, key=ks[4:])
         self.compute_dtype = cfg.compute_dtype
 
     def __call__(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
