@@ -197,6 +197,11 @@ def plot_auc_vs_flops(rows, results, trends, path):
                            label=f"{arch} trend reaches target: {reach:.3g} FLOPs")
     ax.axhline(target, color="k", ls="--", lw=1, label=f"target AUC {target:.3f}")
     ax.set_xscale("log")
+    # The y range follows the measured intervals and the target, not a bootstrap band that can
+    # run far outside [0, 1] where a trend is extrapolated below the smallest run.
+    ys = [v for r in rows for v in (r.get("roc_auc_lo"), r.get("roc_auc_hi"), r["roc_auc"])
+          if v is not None and math.isfinite(v)] + [target]
+    ax.set_ylim(max(0.0, min(ys) - 0.03), min(1.0, max(ys) + 0.03))
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("conservation ROC AUC")
     ax.set_title("AUC vs compute (lines: fitted trend, band: bootstrap 95%, dotted: reach)")
