@@ -22,9 +22,10 @@ base-composition plateau (BENCHMARKS.md, "Learnability probe"); hot/cold checkpo
 192/256, 448/512, 704/768 and 960/1024, each scored on the first 1,000 rows of the set's
 conservation table (490 conserved; 1,000 bootstrap resamples).
 
-Time: about 2 hours on this 2-core machine (measured wall seconds per run are in results.tsv,
-`wall_s`, and in EXPERIMENTS.md): the budget that leaves the plateau does not fit in 60 minutes
-here. For a quicker look, copy this file and lower `cycles`.
+Time: measured 2 h 25 min for 8 of the 9 runs on this 2-core machine while it also ran tests
+(EXPERIMENTS.md, section 1; wall seconds per run in results.tsv, `wall_s`): the budget that
+leaves the plateau does not fit in 60 minutes here. For a quicker look, copy this file and lower
+`cycles` (the checkpoints will sit at chance below ~4M tokens).
 """
 
 from nanodna.sweep.config import Run, SweepConfig
