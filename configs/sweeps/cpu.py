@@ -22,7 +22,7 @@ base-composition plateau (BENCHMARKS.md, "Learnability probe"); hot/cold checkpo
 192/256, 448/512, 704/768 and 960/1024, each scored on the first 1,000 rows of the set's
 conservation table (490 conserved; 1,000 bootstrap resamples).
 
-Time: measured 2 h 25 min for 8 of the 9 runs on this 2-core machine while it also ran tests
+Time: measured about 2 h 40 min for the 9 runs on this 2-core machine while it also ran tests
 (EXPERIMENTS.md, section 1; wall seconds per run in results.tsv, `wall_s`): the budget that
 leaves the plateau does not fit in 60 minutes here. For a quicker look, copy this file and lower
 `cycles` (the checkpoints will sit at chance below ~4M tokens).
