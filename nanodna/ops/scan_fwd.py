@@ -16,11 +16,21 @@ Glossary (scan.py's): S directions stacked, B batch, L length, D channels, N sta
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 UNROLL = 8  # time steps per loop iteration (benchmarks/bench_eval.py --paths)
+
+
+def recurrence_step(A_NS1D, h_NSBD, x_t):
+    """One time step of the recurrence in the h_NSBD layout: x_t = (u_SBD, dt_SBD, B_NSB1,
+    C_NSB1) -> (h_t, y_t = sum_n C_t h_t). Shared with scan_vjp.py's chunked forward."""
+    u_SBD, dt_SBD, B_NSB1, C_NSB1 = x_t
+    h_NSBD = jnp.exp(dt_SBD * A_NS1D) * h_NSBD + (dt_SBD * u_SBD) * B_NSB1
+    return h_NSBD, jnp.sum(h_NSBD * C_NSB1, axis=0)
 
 
 def forward_scan(
@@ -40,11 +50,7 @@ def forward_scan(
     xs = (u.transpose(2, 0, 1, 3), dt.transpose(2, 0, 1, 3),  # (L, S, B, D)
           B.transpose(2, 3, 0, 1)[..., None], C.transpose(2, 3, 0, 1)[..., None])  # (L, N, S, B, 1)
 
-    def step(h_NSBD, x_t):
-        u_SBD, dt_SBD, B_NSB1, C_NSB1 = x_t
-        h_NSBD = jnp.exp(dt_SBD * A_NS1D) * h_NSBD + (dt_SBD * u_SBD) * B_NSB1
-        return h_NSBD, jnp.sum(h_NSBD * C_NSB1, axis=0)
-
     h0_NSBD = jnp.zeros((A.shape[-1], S, Bsz, Dch), u.dtype)
-    _, y_LSBD = jax.lax.scan(step, h0_NSBD, xs, reverse=reverse, unroll=UNROLL)
+    _, y_LSBD = jax.lax.scan(partial(recurrence_step, A_NS1D), h0_NSBD, xs, reverse=reverse,
+                             unroll=UNROLL)
     return y_LSBD.transpose(1, 2, 0, 3)

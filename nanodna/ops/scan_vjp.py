@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from nanodna.ops.scan_fwd import recurrence_step
+
 UNROLL = 4  # time steps per loop iteration inside a chunk
 
 # Layout: inside the loops the state is h_NSBD, channels minor and the state axis major. XLA's
@@ -70,13 +72,9 @@ def _forward(u, dt, A, B, C, T: int, reverse: bool):
     A_NS1D = A.transpose(2, 0, 1)[:, :, None]
     xs = (_to_chunks(u, T), _to_chunks(dt, T), _to_chunks(B, T, True), _to_chunks(C, T, True))
 
-    def step(h_NSBD, x_t):
-        u_SBD, dt_SBD, B_NSB1, C_NSB1 = x_t
-        h_NSBD = jnp.exp(dt_SBD * A_NS1D) * h_NSBD + (dt_SBD * u_SBD) * B_NSB1
-        return h_NSBD, jnp.sum(h_NSBD * C_NSB1, axis=0)
-
     def chunk(h, x_k):
-        h_end, y_TSBD = jax.lax.scan(step, h, x_k, reverse=reverse, unroll=UNROLL)
+        h_end, y_TSBD = jax.lax.scan(partial(recurrence_step, A_NS1D), h, x_k, reverse=reverse,
+                                     unroll=UNROLL)
         return h_end, (h, y_TSBD)
 
     h0 = jnp.zeros((A.shape[-1], S, Bsz, Dch), u.dtype)
