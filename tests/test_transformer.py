@@ -11,7 +11,7 @@ import pytest
 
 from nanodna.models import build_model, count_params, sizes
 from nanodna.models.layers import Linear
-from nanodna.models.transformer import INIT_STD, TransformerBlock, out_std, rope
+from nanodna.models.transformer import INIT_STD, Attention, SwiGLU, TransformerBlock, out_std, rope
 from tests._layer_loop import assert_scan_equals_python_loop
 
 CFG = dataclasses.replace(sizes.get("transformer_1m"), d_model=32, n_layers=2, n_heads=4)
@@ -95,3 +95,18 @@ def test_block_init_draws_each_projection_from_one_seven_way_split():
     for lin, k, (d_in, d_out), std in zip(projections, ks, shapes, stds):
         expected = Linear(d_in, d_out, key=k, std=std)
         np.testing.assert_array_equal(np.asarray(lin.weight), np.asarray(expected.weight))
+
+
+def test_attention_and_mlp_accept_one_raw_or_typed_key():
+    """A raw uint32[2] key (jax.random.PRNGKey) is one key, not a batch of two: both kinds build
+    the same weights as splitting that key by hand."""
+    for key in (jax.random.key(5), jax.random.PRNGKey(5)):
+        attn, mlp = Attention(CFG, key=key), SwiGLU(CFG, key=key)
+        kq = jax.random.split(key, 4)[0]
+        k_gate = jax.random.split(key, 3)[0]
+        np.testing.assert_array_equal(
+            np.asarray(attn.wq.weight),
+            np.asarray(Linear(CFG.d_model, CFG.d_model, key=kq, std=INIT_STD).weight))
+        np.testing.assert_array_equal(
+            np.asarray(mlp.w_gate.weight),
+            np.asarray(Linear(CFG.d_model, CFG.ff_dim, key=k_gate, std=INIT_STD).weight))

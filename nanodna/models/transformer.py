@@ -44,6 +44,15 @@ def rope(x_BLHP: Float[Array, "B L H P"], theta: float) -> Float[Array, "B L H P
     return out.astype(x_BLHP.dtype)
 
 
+def _split_unless_batch(key: Array, n: int) -> Array:
+    """n keys: `key` split n ways if it is one key, else `key` itself (already n keys).
+
+    One key is a typed key of shape () or a raw uint32 key of shape (2,) (jax.random.PRNGKey);
+    both kinds gain one leading axis when split."""
+    one_key_ndim = 0 if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else 1
+    return jax.random.split(key, n) if key.ndim == one_key_ndim else key
+
+
 class Attention(eqx.Module):
     wq: Linear
     wk: Linear
@@ -56,7 +65,7 @@ class Attention(eqx.Module):
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray | Key[Array, " 4"]):
         """key: one PRNG key, or 4 keys (q, k, v, o) as TransformerBlock hands them down."""
         D, cdt = cfg.d_model, cfg.compute_dtype
-        kq, kk, kv, ko = jax.random.split(key, 4) if key.ndim == 0 else key
+        kq, kk, kv, ko = _split_unless_batch(key, 4)
         self.wq = Linear(D, D, key=kq, std=INIT_STD, dtype=cdt)
         self.wk = Linear(D, D, key=kk, std=INIT_STD, dtype=cdt)
         self.wv = Linear(D, D, key=kv, std=INIT_STD, dtype=cdt)
@@ -80,7 +89,7 @@ class SwiGLU(eqx.Module):
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray | Key[Array, " 3"]):
         """key: one PRNG key, or 3 keys (gate, up, down) as TransformerBlock hands them down."""
         D, F, cdt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
-        k_gate, k_up, k_down = jax.random.split(key, 3) if key.ndim == 0 else key
+        k_gate, k_up, k_down = _split_unless_batch(key, 3)
         self.w_gate = Linear(D, F, key=k_gate, std=INIT_STD, dtype=cdt)
         self.w_up = Linear(D, F, key=k_up, std=INIT_STD, dtype=cdt)
         self.w_down = Linear(F, D, key=k_down, std=out_std(cfg), dtype=cdt)
