@@ -4,21 +4,29 @@
     python benchmarks/bench_model.py --scan-impl ref chunked_seq --batch 2
     python benchmarks/bench_model.py --size caduceus_tiny transformer_1m --width 32 64 128 \
         --layers 3 --length 128 --batch 32          # Caduceus-PS vs transformer at equal widths
+    python benchmarks/bench_model.py --size caduceus_tiny --width 64 --layers 3 --length 128 \
+        --batch 32 --devices 1 2                    # the batch split over 1 vs 2 CPU "devices"
 
 Times one jitted value_and_grad of a masked-LM-style loss (no optimizer), median of
 --repeats after a compile + warm-up call; prints tokens/s and achieved FLOP/s from
-nanodna.models.flops_per_token.
+nanodna.models.flops_per_token. --devices splits the batch over a mesh of that many devices
+(on CPU, host "devices" made with XLA's --xla_force_host_platform_device_count, so one process
+can run independent loops, such as the selective scan's, on several cores at once).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nanodna.models import build_model, count_params, flops_per_token, sizes
 
@@ -34,12 +42,19 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--devices", type=int, nargs="+", default=[1],
+                   help="split the batch over this many devices (CPU: host devices), interleaved")
     args = p.parse_args()
+    if max(args.devices) > 1 and "xla_force_host_platform_device_count" not in os.environ.get(
+            "XLA_FLAGS", ""):  # read when the backend starts, i.e. at the first jax.devices()
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={max(args.devices)}")
 
     print(f"device: {jax.devices()[0].device_kind}; L={args.length}, {args.dtype}"
           f"{', remat' if args.remat else ''}")
-    print("| size | width | params | scan impl | B | compile s | step ms (median) | tokens/s | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | width | params | scan impl | B | devices | compile s | step ms (median) "
+          "| tokens/s | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for width in args.width:  # sizes interleaved per width: same-run ratios
         for size in args.size:
             for impl in args.scan_impl:
@@ -51,30 +66,37 @@ def main():
                 cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
                                 remat=args.remat, **over)
                 for Bsz in args.batch:
-                    row = time_step(cfg, Bsz, args.length, args.repeats)
-                    print(f"| {size} | {cfg.d_model} | {row['params']} | {impl} | {Bsz} | "
-                          f"{row['compile_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
-                          f"{row['tok_s']:.0f} | {row['gflops']:.1f} |", flush=True)
+                    for n_dev in args.devices:
+                        row = time_step(cfg, Bsz, args.length, args.repeats, n_dev)
+                        print(f"| {size} | {cfg.d_model} | {row['params']} | {impl} | {Bsz} | "
+                              f"{n_dev} | {row['compile_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
+                              f"{row['tok_s']:.0f} | {row['gflops']:.1f} |", flush=True)
 
 
-def time_step(cfg, Bsz: int, length: int, repeats: int) -> dict:
-    """Compile, warm up and time one jitted value_and_grad of a token log-likelihood loss."""
+def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> dict:
+    """Compile, warm up and time one jitted value_and_grad of a token log-likelihood loss, the
+    batch split over the first n_devices devices (model replicated)."""
+    if Bsz % n_devices:
+        raise SystemExit(f"error: batch {Bsz} does not split over {n_devices} devices")
+    mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
     model = eqx.filter_jit(lambda k: build_model(cfg, k))(jax.random.key(0))
+    model = jax.device_put(model, NamedSharding(mesh, P()))
     tokens = jax.random.randint(jax.random.key(1), (Bsz, length), 3, 7)
+    tokens = jax.device_put(tokens, NamedSharding(mesh, P("data")))
 
     @eqx.filter_jit
     @eqx.filter_value_and_grad
-    def loss(m):
+    def loss(m, tokens):
         logp = jax.nn.log_softmax(m(tokens))
         return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
 
     t0 = time.perf_counter()
-    jax.block_until_ready(loss(model))
+    jax.block_until_ready(loss(model, tokens))
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(loss(model))
+        jax.block_until_ready(loss(model, tokens))
         times.append(time.perf_counter() - t0)
     step = statistics.median(times)
     tok_s = Bsz * length / step
