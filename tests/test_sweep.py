@@ -101,6 +101,19 @@ def test_analyse_target_rule_and_parity_not_reached():
     assert results["parity"]["low"]["statement"].startswith("no ratio")
 
 
+def test_analyse_says_when_a_flat_trend_sits_above_the_target():
+    """A trend flat at or above the target at every compute gives ratio 0, and the statement
+    says so rather than '0x the training FLOPs'."""
+    C = np.logspace(9, 12, 6)
+    ref = _curve(0.6, 0.05, 0.3, C)
+    flat_high = np.full_like(C, ref.max() + 0.02)
+    results, _ = analyse(_rows("ref", C, ref) + _rows("flat", C, flat_high), SETTINGS)
+    p = results["parity"]["flat"]
+    assert p["ratio"] == 0 and p["reached"] is True
+    assert "needs no compute" in p["statement"] and "0x" not in p["statement"]
+    json.dumps(results)
+
+
 def test_analyse_flags_a_target_at_chance_level():
     C = np.logspace(9, 12, 6)
     ref, low = _curve(0.56, 0.05, 0.3, C), _curve(0.55, 0.05, 0.3, C / 3)

@@ -110,6 +110,11 @@ def _parity_entry(rows, arch, ref, labels, target, settings, trends) -> dict:
         how = ("is flat at or above it (no compute at which it starts to)"
                if trends[ref][0].b == 0 and trends[ref][0].a >= target else "does not reach it")
         entry["statement"] = (f"no ratio: the {ref} trend {how}; target AUC {target:.4f}")
+    elif p.ratio == 0:  # a flat trend at or above the target: no compute needed to reach it
+        entry["statement"] = (f"{arch} needs no compute to reach AUC {target:.4f}: its trend is "
+                              f"flat at {trends[arch][0].a:.4f}, at or above the target at every "
+                              f"compute, so the ratio is 0 (its checkpoints do not improve with "
+                              f"compute)")
     elif math.isinf(p.ratio):
         entry["statement"] = (f"parity not reached: the {arch} trend saturates at "
                               f"{trends[arch][0].a:.4f}, below the target AUC {target:.4f}")
