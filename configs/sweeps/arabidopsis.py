@@ -6,8 +6,9 @@ conservation table.
 
 Same architectures, recipes, sizes and WSD-S cycle as configs/sweeps/cpu.py; the data are the
 genome stores that nanodna.tasks.arabidopsis prepares (training genomes; the held-out tail of
-A. thaliana chr1 for the validation loss) and its conservation table of that tail. Not yet run
-end to end: per token it costs what cpu.py costs (same models, windows and batch).
+A. thaliana chr1 for the validation loss) and its conservation table of that tail. Run end to
+end on 2026-11-29/30 in 2 h 26 min on the 2-core CPU (EXPERIMENTS.md, section 2: every model
+sits at chance on the real table at this budget); per token it costs what cpu.py costs.
 """
 
 import dataclasses
