@@ -24,11 +24,9 @@ import time
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from nanodna.models import build_model, count_params, flops_per_token, sizes
+from nanodna.training.mesh import batch_sharding, make_mesh, replicated
 
 
 def main():
@@ -78,11 +76,11 @@ def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> d
     batch split over the first n_devices devices (model replicated)."""
     if Bsz % n_devices:
         raise SystemExit(f"error: batch {Bsz} does not split over {n_devices} devices")
-    mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
+    mesh = make_mesh(n_devices)
     model = eqx.filter_jit(lambda k: build_model(cfg, k))(jax.random.key(0))
-    model = jax.device_put(model, NamedSharding(mesh, P()))
+    model = jax.device_put(model, replicated(mesh))
     tokens = jax.random.randint(jax.random.key(1), (Bsz, length), 3, 7)
-    tokens = jax.device_put(tokens, NamedSharding(mesh, P("data")))
+    tokens = jax.device_put(tokens, batch_sharding(mesh))
 
     @eqx.filter_jit
     @eqx.filter_value_and_grad
