@@ -100,9 +100,9 @@ def test_bad_impl_is_a_clear_error():
         selective_scan(**make_inputs(7), impl="cuda")
 
 
-def test_auto_never_needs_the_kernel_on_cpu():
+def test_auto_never_needs_the_pallas_kernel_on_cpu():
     assert jax.default_backend() == "cpu"
-    assert resolve_impl("auto") == "chunked_vjp"
+    assert resolve_impl("auto") in ("cpu", "chunked_vjp")
 
 
 def test_pallas_dispatch_matches_reference():

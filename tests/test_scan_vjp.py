@@ -1,4 +1,5 @@
-"""The hand-written scan backward (impl="chunked_vjp") against the float64 reference.
+"""The hand-written scan backwards (impl="chunked_vjp", XLA, and impl="cpu", the C++ kernel in
+kernels/cpu) against the float64 reference.
 
 Outputs and every gradient (u, delta, A, B, C, D, z, delta_bias) of float32 / bfloat16 inputs
 are compared elementwise with the lax.scan reference's autodiff run in float64 on the same
@@ -18,6 +19,7 @@ import pytest
 from nanodna.models import sizes
 from nanodna.models.mamba import BiMamba
 from nanodna.ops import selective_scan, selective_scan_bidirectional, selective_scan_ref
+from kernels import cpu as cpu_kernel
 from nanodna.ops.scan import resolve_impl
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -25,6 +27,10 @@ CORE = ("u", "delta", "A", "B", "C")
 TOL = {jnp.float32: 2e-4, jnp.bfloat16: 3e-2}  # relative to the gradient's largest element
 CHUNK = 8
 SHAPE = {"Bsz": 2, "L": 37, "Dch": 5, "N": 3}  # 37 = 4 chunks of 8 + a partial one
+# The kernel's float32 path keeps N = 8k states in vector registers (any other N: a scalar
+# loop), and splits channels into blocks of 64: N 16 and D 70 reach both of those.
+KERNEL_SHAPE = {"Bsz": 2, "L": 37, "Dch": 70, "N": 16}
+IMPLS = ["chunked_vjp", "cpu"]
 
 
 def make_inputs(seed, Bsz, L, Dch, N, S=None, dtype=jnp.float32):
@@ -75,18 +81,20 @@ def assert_matches(y, g, y_ref, g_ref, dtype):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max(), err_msg=k)
 
 
+@pytest.mark.parametrize("impl,shape", [("chunked_vjp", SHAPE), ("cpu", SHAPE),
+                                         ("cpu", KERNEL_SHAPE)], ids=["xla", "cpu", "cpu_N16"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("full", [True, False], ids=["z_D_bias_softplus", "core_only"])
-def test_single_direction_matches_float64(dtype, reverse, full):
-    x = make_inputs(10 + 2 * reverse + full, **SHAPE, dtype=dtype)
+def test_single_direction_matches_float64(impl, shape, dtype, reverse, full):
+    x = make_inputs(10 + 2 * reverse + full, **shape, dtype=dtype)
     if not full:
         x = {k: x[k] for k in CORE}
         x["delta"] = jnp.abs(x["delta"])  # no softplus: delta must be positive itself
-    w = jax.random.normal(jax.random.key(99), (SHAPE["Bsz"], SHAPE["L"], SHAPE["Dch"]))
+    w = jax.random.normal(jax.random.key(99), (shape["Bsz"], shape["L"], shape["Dch"]))
 
     def fast(**a):
-        return selective_scan(**a, delta_softplus=full, reverse=reverse, impl="chunked_vjp",
+        return selective_scan(**a, delta_softplus=full, reverse=reverse, impl=impl,
                               chunk=CHUNK)
 
     def ref(**a):
@@ -112,11 +120,13 @@ def test_chunk_edge_cases(L, chunk):
         assert_matches(*loss_and_grads(fast, x, w), *float64_reference(ref, x, w), jnp.float32)
 
 
+@pytest.mark.parametrize("impl,base", [("chunked_vjp", SHAPE), ("cpu", SHAPE),
+                                       ("cpu", KERNEL_SHAPE)], ids=["xla", "cpu", "cpu_N16"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("full", [True, False], ids=["z_D_bias", "no_z_D_bias"])
-def test_bidirectional_matches_float64(dtype, full):
+def test_bidirectional_matches_float64(impl, base, dtype, full):
     """The fused two-direction call against two float64 reference scans summed."""
-    shape = dict(SHAPE, L=150)  # DEFAULT_CHUNK (64) is fixed here: 2 chunks + a partial one
+    shape = dict(base, L=150)  # DEFAULT_CHUNK (64) is fixed here: 2 chunks + a partial one
     x = make_inputs(30 + full, **shape, S=2, dtype=dtype)
     if not full:
         x = {k: x[k] for k in CORE}
@@ -129,7 +139,7 @@ def test_bidirectional_matches_float64(dtype, full):
                                                 impl=impl)
         return f
 
-    assert_matches(*loss_and_grads(call("chunked_vjp"), x, w),
+    assert_matches(*loss_and_grads(call(impl), x, w),
                    *float64_reference(call("ref"), x, w), dtype)
 
 
@@ -166,10 +176,15 @@ def test_backward_never_builds_a_BLDN_tensor():
     # the detector sees the reference's (L, B, D, N) residual, so the real check can fail
     assert _largest_intermediate(grad_fn("ref"), *args) >= BLDN // 2
     assert _largest_intermediate(grad_fn("chunked_vjp"), *args) < BLDN // 2
+    assert _largest_intermediate(grad_fn("cpu"), *args) < BLDN // 2
 
 
-def test_auto_is_the_hand_written_backward_on_cpu():
+def test_auto_is_a_hand_written_backward_on_cpu(monkeypatch):
+    """The kernel where it builds (CI has g++), else the XLA loop with its own backward."""
     assert jax.default_backend() == "cpu"
+    assert cpu_kernel.available(), cpu_kernel.error()
+    assert resolve_impl("auto") == "cpu"
+    monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     assert resolve_impl("auto") == "chunked_vjp"
 
 
@@ -179,12 +194,14 @@ def test_tied_bimamba_gradients_match_reference_scan():
     cfg = dataclasses.replace(sizes.get("caduceus_tiny"), d_model=12, d_state=3, n_layers=2)
     h = jax.random.normal(jax.random.key(50), (2, 70, 12))  # 70 = one chunk of 64 + 6
     grads = {}
-    for impl in ("ref", "chunked_vjp"):
+    for impl in ("ref", "chunked_vjp", "cpu"):
         bi = BiMamba(dataclasses.replace(cfg, scan_impl=impl), key=jax.random.key(51))
         loss = lambda m: jnp.sum(jnp.sin(m(h)))
         grads[impl] = eqx.filter_jit(eqx.filter_grad(loss))(bi)
-    leaves = [jax.tree.leaves(eqx.filter(grads[k], eqx.is_array)) for k in grads]
-    assert len(leaves[0]) == len(leaves[1]) > 8
-    for g_ref, g in zip(*leaves, strict=True):
-        assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g_ref)).max() > 0
-        np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-4 * np.abs(g_ref).max())
+    ref_leaves = jax.tree.leaves(eqx.filter(grads["ref"], eqx.is_array))
+    assert len(ref_leaves) > 8
+    for impl in ("chunked_vjp", "cpu"):
+        leaves = jax.tree.leaves(eqx.filter(grads[impl], eqx.is_array))
+        for g_ref, g in zip(ref_leaves, leaves, strict=True):
+            assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g_ref)).max() > 0
+            np.testing.assert_allclose(g, g_ref, rtol=1e-3, atol=1e-4 * np.abs(g_ref).max())

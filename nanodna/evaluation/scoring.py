@@ -169,10 +169,11 @@ _allele_log_probs_jit = eqx.filter_jit(allele_log_probs)
 
 
 def inference_model(model):
-    """The model as the fast path runs it: on CPU (where "auto" picks a training scan) every
-    selective scan becomes the forward-only "fwd" loop; on GPU / TPU the model as it is (the
-    Pallas kernel keeps no states outside a backward pass). Same arrays, same function."""
-    if resolve_impl("auto") == "pallas":
+    """The model as the fast path runs it: the model as it is where "auto" picks a kernel (the
+    Pallas kernel on GPU / TPU, kernels/cpu on CPU: outside a backward pass neither keeps any
+    state); without the CPU kernel every selective scan becomes the forward-only "fwd" loop.
+    Same arrays, same function."""
+    if resolve_impl("auto") in ("pallas", "cpu"):
         return model
     return with_scan_impl(model, "fwd")
 

@@ -21,11 +21,15 @@ Implementations (`impl=`):
     "chunked_vjp"  chunked_seq's forward with a hand-written backward (ops/scan_vjp.py): only
                chunk-boundary states are saved, the adjoint recurrence runs in reverse.
     "fwd"      inference only (ops/scan_fwd.py): one plain loop over the whole sequence that
-               keeps nothing for a backward pass; what scoring runs on CPU.
+               keeps nothing for a backward pass; what scoring runs on CPU without the kernel.
+    "cpu"      the fused C++ kernel in kernels/cpu (XLA FFI, forward and hand-written backward,
+               each channel's states in registers), built on first use with the machine's C++
+               compiler; under shard_map when the batch is split over a mesh.
     "assoc"    one associative scan over the whole sequence (for benchmarks).
     "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU); when
                the inputs are split over a multi-device mesh it runs per device under shard_map.
-    "auto"     pallas on GPU/TPU, chunked_vjp on CPU.
+    "auto"     pallas on GPU/TPU; on CPU "cpu", or chunked_vjp when the kernel cannot be built
+               (no C++ compiler: kernels.cpu.error() says why).
 
 The references the kernels are tested against live here: `selective_scan_ref` and
 `bidirectional_scan_ref`; `random_scan_inputs` makes inputs for every scan test and benchmark.
@@ -41,6 +45,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
 
+from kernels import cpu as cpu_kernel
 from kernels.pallas import (
     bidirectional_scan_pallas,
     selective_scan_pallas,
@@ -190,19 +195,29 @@ def _scan_chunked(u32, delta32, A32, B32, C32, chunk: int, sequential: bool):
 
 DEFAULT_CHUNK = 64  # chunk length T; see benchmarks/results_models.md for the sweep
 SEQ_UNROLL = 4  # time steps per loop iteration in "chunked_seq"
-IMPLS = ("auto", "ref", "chunked", "chunked_seq", "chunked_vjp", "fwd", "assoc", "pallas")
+IMPLS = ("auto", "ref", "chunked", "chunked_seq", "chunked_vjp", "fwd", "assoc", "pallas", "cpu")
 
 
 def resolve_impl(impl: str) -> str:
-    """'auto' -> 'pallas' on GPU/TPU; 'chunked_vjp' on CPU, where it measured fastest
-    (benchmarks/bench_scan_vjp.py). Raises ValueError for an unknown name."""
+    """'auto' -> 'pallas' on GPU/TPU; on CPU 'cpu' (the fused kernel, fastest there:
+    benchmarks/bench_scan_vjp.py), or 'chunked_vjp' when the kernel cannot be built. Raises
+    ValueError for an unknown name."""
     if impl not in IMPLS:
         raise ValueError(f"unknown selective-scan impl {impl!r}; choose one of {IMPLS}")
     if impl != "auto":
         return impl
     if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
         return "pallas"
-    return "chunked_vjp"
+    return "cpu" if cpu_kernel.available() else "chunked_vjp"
+
+
+def _scan_cpu(u, dt, A, B, C, reverse: bool = False, bidirectional: bool = False):
+    """kernels/cpu's scan on (S, B, L, D) inputs, per device when the batch is split."""
+    on_mesh = batch_mesh(u, batch_axis=1)
+    if on_mesh is not None:
+        return cpu_kernel.sharded_selective_scan_cpu(*on_mesh, u, dt, A, B, C, reverse,
+                                                     bidirectional)
+    return cpu_kernel.selective_scan_cpu(u, dt, A, B, C, reverse, bidirectional)
 
 
 def batch_mesh(x: Array, batch_axis: int = 0):
@@ -261,9 +276,11 @@ def selective_scan(
             return sharded_selective_scan(*on_mesh, u, delta, A, B, C, **kw)
         return selective_scan_pallas(u, delta, A, B, C, **kw)
     u32, delta32, A32, B32, C32 = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if impl in ("chunked_vjp", "fwd"):  # one direction: S = 1
+    if impl in ("chunked_vjp", "fwd", "cpu"):  # one direction: S = 1
         args = tuple(a[None] for a in (u32, delta32, A32, B32, C32))
-        if impl == "fwd":
+        if impl == "cpu":
+            y_SBLD = _scan_cpu(*args, reverse)
+        elif impl == "fwd":
             y_SBLD = scan_fwd.forward_scan(*args, reverse)
         else:
             y_SBLD = scan_vjp.chunked_scan(*args, chunk, reverse)
@@ -294,8 +311,9 @@ def selective_scan_bidirectional(
     """BiMamba's two scans summed: direction S=0 forward, S=1 reverse, one shared gate z.
 
     Every input is in the sequence's own coordinates (S=1 is not flipped). With impl "pallas"
-    both directions run in one fused kernel launch (under shard_map when the batch is split
-    over a mesh); otherwise two selective_scan calls.
+    or "cpu" both directions run in one fused kernel call (under shard_map when the batch is
+    split over a mesh), with "chunked_vjp" / "fwd" in one XLA loop; otherwise two
+    selective_scan calls.
     """
     impl = resolve_impl(impl)
     if impl == "pallas":
@@ -305,17 +323,20 @@ def selective_scan_bidirectional(
             return sharded_bidirectional_scan(*on_mesh, u, delta, A, B, C, **kw)
         return bidirectional_scan_pallas(u, delta, A, B, C, **kw)
     pick = lambda x, s: None if x is None else x[s]  # noqa: E731
-    if impl in ("chunked_vjp", "fwd"):  # both directions in one loop, S=1 time-flipped; one gate
+    if impl in ("chunked_vjp", "fwd", "cpu"):  # both directions in one loop; one gate
         per_dir = [_prepare(u[s], delta[s], A[s], B[s], C[s], None, None, pick(delta_bias, s),
                             delta_softplus) for s in (0, 1)]
-        u32, dt32, A32, B32, C32 = (
-            jnp.stack([x0, x1 if x0.ndim == 2 else jnp.flip(x1, axis=1)])
-            for x0, x1 in zip(*per_dir))
-        if impl == "fwd":
+        # The XLA loops run S=1 on time-flipped inputs; the kernel runs it backwards itself.
+        flip = (lambda x: x) if impl == "cpu" else (lambda x: jnp.flip(x, axis=1))  # noqa: E731
+        u32, dt32, A32, B32, C32 = (jnp.stack([x0, x1 if x0.ndim == 2 else flip(x1)])
+                                    for x0, x1 in zip(*per_dir))
+        if impl == "cpu":
+            y_SBLD = _scan_cpu(u32, dt32, A32, B32, C32, bidirectional=True)
+        elif impl == "fwd":
             y_SBLD = scan_fwd.forward_scan(u32, dt32, A32, B32, C32)
         else:
             y_SBLD = scan_vjp.chunked_scan(u32, dt32, A32, B32, C32, DEFAULT_CHUNK, False)
-        y_BLD = y_SBLD[0] + jnp.flip(y_SBLD[1], axis=1)
+        y_BLD = y_SBLD[0] + flip(y_SBLD[1])
         if D is not None:
             y_BLD = y_BLD + u[0].astype(y_BLD.dtype) * D[0] + u[1].astype(y_BLD.dtype) * D[1]
         return _finish(y_BLD, u[0], None, z, u.dtype)

@@ -1,0 +1,13 @@
+"""The selective scan as a fused C++ kernel for CPUs, called through the XLA FFI.
+
+Pallas has no CPU backend, and an XLA while loop over whole (S, B, D, N) states is memory
+bound on CPU; this kernel keeps each channel's N states in registers instead. It is built on
+first use with the machine's C++ compiler (build.py) and is optional: without a compiler
+`available()` is False and nanodna.ops.scan runs the pure-JAX scan. Like kernels/pallas, this
+package imports nothing from nanodna; its references are nanodna.ops.scan's.
+"""
+
+from kernels.cpu.build import available, error
+from kernels.cpu.selective_scan import selective_scan_cpu, sharded_selective_scan_cpu
+
+__all__ = ["available", "error", "selective_scan_cpu", "sharded_selective_scan_cpu"]

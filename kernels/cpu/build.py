@@ -1,0 +1,105 @@
+"""Compile selective_scan.cc once per machine and register its handlers with XLA.
+
+The shared library is built on first use with the machine's C++ compiler (`$CXX`, else g++,
+else c++/clang++), `-O3 -march=native`, against the XLA FFI headers that ship with jaxlib
+(`jax.ffi.include_dir()`), and cached under `$NANODNA_KERNEL_CACHE` (default
+`~/.cache/nanodna/kernels`) by a hash of the source, the flags, the compiler and jaxlib's
+version; a second process finds it there. Writes go to a temporary name and are renamed into
+place, so parallel test workers never load a half-written file.
+
+`load()` returns the ctypes library, or None when no compiler works (then `error()` says why
+in one line): nanodna then runs the pure-JAX scan (nanodna/ops/scan_vjp.py) instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+
+SOURCE = pathlib.Path(__file__).with_name("selective_scan.cc")
+# Handler symbols in selective_scan.cc -> XLA FFI target names.
+TARGETS = {
+    "NanodnaScanFwdF32": "nanodna_scan_fwd_f32",
+    "NanodnaScanFwdF64": "nanodna_scan_fwd_f64",
+    "NanodnaScanBwdF32": "nanodna_scan_bwd_f32",
+    "NanodnaScanBwdF64": "nanodna_scan_bwd_f64",
+}
+BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd",
+              "-pthread"]
+ARCH_FLAGS = [["-march=native"], ["-mcpu=native"], []]  # first that compiles wins
+
+_state: dict = {}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def cache_dir() -> pathlib.Path:
+    default = pathlib.Path.home() / ".cache" / "nanodna" / "kernels"
+    return pathlib.Path(os.environ.get("NANODNA_KERNEL_CACHE", default))
+
+
+def _build() -> pathlib.Path:
+    """The path of the compiled library; RuntimeError (one line) if it cannot be built."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    source = SOURCE.read_bytes()
+    include = jax.ffi.include_dir()
+    errors = []
+    for arch in ARCH_FLAGS:
+        flags = BASE_FLAGS + arch
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cxx.encode(),
+                                         jax.__version__.encode(),
+                                         platform.machine().encode()])).hexdigest()[:16]
+        out = cache_dir() / f"selective_scan_{key}.so"
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        cmd = [cxx, *flags, f"-I{include}", str(SOURCE), "-o", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode == 0:
+            os.replace(tmp, out)
+            return out
+        os.unlink(tmp)
+        errors.append(done.stderr.strip().splitlines()[-1:] or ["?"])
+    raise RuntimeError(f"{cxx} could not build {SOURCE.name}: {errors[0][0]}")
+
+
+def load():
+    """The registered kernel library (ctypes.CDLL), or None if it could not be built."""
+    if "lib" not in _state:
+        try:
+            lib = ctypes.CDLL(str(_build()))
+            for symbol, target in TARGETS.items():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                            platform="cpu")
+            _state["lib"], _state["error"] = lib, None
+        except (OSError, RuntimeError) as e:
+            _state["lib"], _state["error"] = None, str(e)
+    return _state["lib"]
+
+
+def available() -> bool:
+    """True when the CPU kernel is built and registered (building it on the first call)."""
+    return load() is not None
+
+
+def error() -> str | None:
+    """Why the kernel is unavailable (one line), or None."""
+    load()
+    return _state["error"]

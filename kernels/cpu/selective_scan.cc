@@ -1,0 +1,387 @@
+// The selective scan (Mamba v1) as a fused CPU kernel, forward and backward, called from JAX
+// through the XLA FFI (kernels/cpu/selective_scan.py builds this file and registers it).
+//
+// Why a kernel: an XLA while loop on CPU makes ~10 passes over a whole (S, B, D, N) state per
+// time step, from L2/L3 (BENCHMARKS.md, "Where a Caduceus-PS CPU training step's time goes").
+// Here the loop order is the other way round: for one (direction s, row b, channel d) the N
+// states live in registers for the whole sequence, so a step costs N exps and a few FMAs.
+//
+// Maths (nanodna/ops/scan_vjp.py has the same, per s, b, d, n; a_t = exp(dt_t A)):
+//   h_t = a_t h_{t-1} + dt_t B_t u_t          y_t = sum_n C_t h_t
+//   g_t = C_t dy_t + a_{t+1} g_{t+1}          (adjoint, run backwards)
+//   du_t = dt_t sum_n g_t B_t                 ddt_t = sum_n g_t (A a_t h_{t-1} + B_t u_t)
+//   dB_t = sum_d g_t dt_t u_t                 dC_t = sum_d h_t dy_t
+//   dA = sum_{b,t} g_t h_{t-1} a_t dt_t
+// The backward replays one channel's forward (its L x N states, 2 x 32 KB at L 512, stay in
+// L1/L2), then runs the adjoint. No chunk-boundary states are saved: the replay is cheap.
+//
+// Layout (row-major): u, dt, du, ddt, y (S, B, L, D); A (S, D, N); B, C (S, B, L, N).
+// Sums over d (dB, dC) are written per block of channels, (S, B, P, L, N), and per row for dA,
+// (S, B, D, N), so that threads never share an output; the caller sums those axes.
+// Work items are (s, b, channel block), spread over threads by an atomic counter.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kMaxN = 256;  // largest state size the scalar path accepts
+
+// The float32 fast path works on N / 8 vectors of 8 lanes (GCC / Clang vector extensions: AVX
+// on x86-64, two NEON registers on arm64); other N and float64 take the scalar path.
+using f32x8 = float __attribute__((vector_size(32)));
+using i32x8 = int32_t __attribute__((vector_size(32)));
+
+inline f32x8 splat(float v) { return f32x8{} + v; }
+inline f32x8 load8(const float* p) {
+  f32x8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, f32x8 v) { __builtin_memcpy(p, &v, sizeof v); }
+// sum of the 8 lanes in a fixed pairwise order (no reassociation by the compiler)
+inline float lane_sum(f32x8 v) {
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+// exp of 8 floats: 2^k * p(r), x = k ln2 + r, |r| <= ln2 / 2, p the Cephes expf polynomial
+// (cephes/single/expf.c), relative error ~1e-7. Arguments below -87.3 give ~1e-38, not 0.
+inline f32x8 exp8(f32x8 x) {
+  x = x < splat(-87.3f) ? splat(-87.3f) : x;
+  x = x > splat(88.7f) ? splat(88.7f) : x;
+  // k = round(x / ln2): adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
+  const f32x8 shifted = x * splat(1.44269504088896341f) + splat(12582912.0f);
+  const f32x8 k = shifted - splat(12582912.0f);
+  const i32x8 k_int = (i32x8)shifted - 0x4B400000;  // 0x4B400000: the bits of 1.5 * 2^23
+  const f32x8 r = x - k * splat(0.693359375f) + k * splat(2.12194440e-4f);  // x - k ln2, 2 parts
+  f32x8 p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  return p * (f32x8)((k_int + 127) << 23);  // p * 2^k, the exponent bits built directly
+}
+
+int64_t max_threads() {
+  if (const char* env = std::getenv("NANODNA_CPU_THREADS")) {
+    const int64_t n = std::atoll(env);
+    if (n > 0) return n;
+  }
+  return std::max<int64_t>(1, std::thread::hardware_concurrency());
+}
+
+// fn(item) for every item in [0, n_items), on up to max_threads() threads.
+template <typename Fn>
+void parallel_for(int64_t n_items, Fn fn) {
+  const int64_t n_threads = std::min(n_items, max_threads());
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
+    for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) fn(i);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t k = 1; k < n_threads; ++k) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+}
+
+struct Shape {
+  int64_t S, B, L, D, N, d_block, P;
+};
+
+// Shapes of u (S B L D), A (S D N), B and C (S B L N); an error message, or "" if they agree.
+std::string check_shapes(const Shape& s, ffi::Span<const int64_t> dt, ffi::Span<const int64_t> A,
+                         ffi::Span<const int64_t> Bm, ffi::Span<const int64_t> Cm) {
+  auto eq = [](ffi::Span<const int64_t> x, std::vector<int64_t> want) {
+    if (x.size() != want.size()) return false;
+    for (size_t i = 0; i < want.size(); ++i)
+      if (x[i] != want[i]) return false;
+    return true;
+  };
+  if (!eq(dt, {s.S, s.B, s.L, s.D})) return "delta must have u's shape (S, B, L, D)";
+  if (!eq(A, {s.S, s.D, s.N})) return "A must be (S, D, N)";
+  if (!eq(Bm, {s.S, s.B, s.L, s.N}) || !eq(Cm, {s.S, s.B, s.L, s.N}))
+    return "B and C must be (S, B, L, N) with A's N";
+  if (s.N > kMaxN) return "state size N above 256 is not supported";
+  return "";
+}
+
+template <typename Buf>
+Shape shape_of(const Buf& u, const Buf& A, int64_t d_block) {
+  auto du = u.dimensions();
+  Shape s{du[0], du[1], du[2], du[3], A.dimensions()[2], d_block, 0};
+  s.P = (s.D + d_block - 1) / d_block;
+  return s;
+}
+
+// Scalar path, any N, float or double: one channel d of one row, y[t, d] for every t.
+template <typename F>
+void forward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B, const F* C,
+                     F* y, int64_t d, bool reverse) {
+  const int64_t N = s.N, L = s.L, D = s.D;
+  F h[kMaxN] = {};
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t t = reverse ? L - 1 - i : i;
+    const F dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
+    F acc = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      h[n] = std::exp(dt_t * A_N[n]) * h[n] + x * B[t * N + n];
+      acc += h[n] * C[t * N + n];
+    }
+    y[t * D + d] = acc;
+  }
+}
+
+// Vector path, float32, N = 8 NV: the same loop with the N states in NV registers.
+template <int NV>
+void forward_channel_f32x8(const Shape& s, const float* u, const float* dt, const float* A_N,
+                           const float* B, const float* C, float* y, int64_t d, bool reverse) {
+  constexpr int64_t N = 8 * NV;
+  const int64_t L = s.L, D = s.D;
+  f32x8 h[NV] = {}, A[NV];
+  for (int v = 0; v < NV; ++v) A[v] = load8(A_N + 8 * v);
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t t = reverse ? L - 1 - i : i;
+    const float dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
+    f32x8 hC = {};
+    for (int v = 0; v < NV; ++v) {
+      h[v] = exp8(splat(dt_t) * A[v]) * h[v] + splat(x) * load8(B + t * N + 8 * v);
+      hC += h[v] * load8(C + t * N + 8 * v);
+    }
+    y[t * D + d] = lane_sum(hC);
+  }
+}
+
+// Scalar path, backward of one channel d of one row: replay the forward into H (h_t) and E
+// (a_t), then the adjoint from the end. du, ddt written at [t, d]; dA_N (N) overwritten;
+// dB, dC (L, N) summed into.
+template <typename F>
+void backward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B,
+                      const F* C, const F* dy, F* du, F* ddt, F* dA_N, F* dB, F* dC, int64_t d,
+                      bool reverse, std::vector<F>& H, std::vector<F>& E) {
+  const int64_t N = s.N, L = s.L, D = s.D;
+  H.resize(L * N);
+  E.resize(L * N);
+  F h[kMaxN] = {};
+  for (int64_t i = 0; i < L; ++i) {  // replay, i in processing order
+    const int64_t t = reverse ? L - 1 - i : i;
+    const F dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
+    for (int64_t n = 0; n < N; ++n) {
+      E[i * N + n] = std::exp(dt_t * A_N[n]);
+      h[n] = E[i * N + n] * h[n] + x * B[t * N + n];
+      H[i * N + n] = h[n];
+    }
+  }
+  F ag[kMaxN] = {}, dA[kMaxN] = {};  // ag = a_{t+1} g_{t+1}
+  for (int64_t i = L - 1; i >= 0; --i) {  // adjoint, backwards in processing order
+    const int64_t t = reverse ? L - 1 - i : i;
+    const F dt_t = dt[t * D + d], u_t = u[t * D + d], dy_t = dy[t * D + d], x = dt_t * u_t;
+    F gB = 0, wA = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const F g = ag[n] + dy_t * C[t * N + n];
+      const F w = g * (i > 0 ? H[(i - 1) * N + n] : F(0)) * E[i * N + n];
+      dA[n] += w * dt_t;
+      gB += g * B[t * N + n];
+      wA += w * A_N[n];
+      dB[t * N + n] += g * x;
+      dC[t * N + n] += H[i * N + n] * dy_t;
+      ag[n] = E[i * N + n] * g;
+    }
+    du[t * D + d] = dt_t * gB;
+    ddt[t * D + d] = wA + u_t * gB;
+  }
+  for (int64_t n = 0; n < N; ++n) dA_N[n] = dA[n];
+}
+
+// Vector path of backward_channel, float32, N = 8 NV.
+template <int NV>
+void backward_channel_f32x8(const Shape& s, const float* u, const float* dt, const float* A_N,
+                            const float* B, const float* C, const float* dy, float* du,
+                            float* ddt, float* dA_N, float* dB, float* dC, int64_t d,
+                            bool reverse, std::vector<float>& H, std::vector<float>& E) {
+  constexpr int64_t N = 8 * NV;
+  const int64_t L = s.L, D = s.D;
+  H.resize((L + 1) * N);  // H[0] is h_{-1} = 0, H[i + 1] is h after step i
+  E.resize(L * N);
+  f32x8 h[NV] = {}, A[NV];
+  for (int v = 0; v < NV; ++v) {
+    A[v] = load8(A_N + 8 * v);
+    store8(H.data() + 8 * v, h[v]);
+  }
+  for (int64_t i = 0; i < L; ++i) {  // replay
+    const int64_t t = reverse ? L - 1 - i : i;
+    const float dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
+    for (int v = 0; v < NV; ++v) {
+      const f32x8 a = exp8(splat(dt_t) * A[v]);
+      h[v] = a * h[v] + splat(x) * load8(B + t * N + 8 * v);
+      store8(E.data() + i * N + 8 * v, a);
+      store8(H.data() + (i + 1) * N + 8 * v, h[v]);
+    }
+  }
+  f32x8 ag[NV] = {}, dA[NV] = {};
+  for (int64_t i = L - 1; i >= 0; --i) {  // adjoint
+    const int64_t t = reverse ? L - 1 - i : i;
+    const float dt_t = dt[t * D + d], u_t = u[t * D + d], dy_t = dy[t * D + d];
+    f32x8 gB = {}, wA = {};
+    for (int v = 0; v < NV; ++v) {
+      const f32x8 a = load8(E.data() + i * N + 8 * v), B_v = load8(B + t * N + 8 * v);
+      const f32x8 g = ag[v] + splat(dy_t) * load8(C + t * N + 8 * v);
+      const f32x8 w = g * load8(H.data() + i * N + 8 * v) * a;
+      dA[v] += w * splat(dt_t);
+      gB += g * B_v;
+      wA += w * A[v];
+      store8(dB + t * N + 8 * v, load8(dB + t * N + 8 * v) + g * splat(dt_t * u_t));
+      store8(dC + t * N + 8 * v,
+             load8(dC + t * N + 8 * v) + load8(H.data() + (i + 1) * N + 8 * v) * splat(dy_t));
+      ag[v] = a * g;
+    }
+    const float gB_sum = lane_sum(gB);
+    du[t * D + d] = dt_t * gB_sum;
+    ddt[t * D + d] = lane_sum(wA) + u_t * gB_sum;
+  }
+  for (int v = 0; v < NV; ++v) store8(dA_N + 8 * v, dA[v]);
+}
+
+// Dispatch to the vector path for float32 with N in {8, 16, 32, 64}, else the scalar path.
+template <typename F>
+void forward_any(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B, const F* C,
+                 F* y, int64_t d, bool reverse) {
+  if constexpr (std::is_same_v<F, float>) {
+    switch (s.N) {
+      case 8: return forward_channel_f32x8<1>(s, u, dt, A_N, B, C, y, d, reverse);
+      case 16: return forward_channel_f32x8<2>(s, u, dt, A_N, B, C, y, d, reverse);
+      case 32: return forward_channel_f32x8<4>(s, u, dt, A_N, B, C, y, d, reverse);
+      case 64: return forward_channel_f32x8<8>(s, u, dt, A_N, B, C, y, d, reverse);
+    }
+  }
+  forward_channel<F>(s, u, dt, A_N, B, C, y, d, reverse);
+}
+
+template <typename F>
+void backward_any(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B, const F* C,
+                  const F* dy, F* du, F* ddt, F* dA_N, F* dB, F* dC, int64_t d, bool reverse,
+                  std::vector<F>& H, std::vector<F>& E) {
+  if constexpr (std::is_same_v<F, float>) {
+    switch (s.N) {
+#define NANODNA_CASE(NV)                                                                    \
+  case 8 * NV:                                                                              \
+    return backward_channel_f32x8<NV>(s, u, dt, A_N, B, C, dy, du, ddt, dA_N, dB, dC, d, \
+                                      reverse, H, E);
+      NANODNA_CASE(1)
+      NANODNA_CASE(2)
+      NANODNA_CASE(4)
+      NANODNA_CASE(8)
+#undef NANODNA_CASE
+    }
+  }
+  backward_channel<F>(s, u, dt, A_N, B, C, dy, du, ddt, dA_N, dB, dC, d, reverse, H, E);
+}
+
+template <ffi::DataType T>
+ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::Buffer<T> Bm,
+                    ffi::Buffer<T> Cm, ffi::ResultBuffer<T> y, bool reverse, bool bidirectional,
+                    int64_t d_block) {
+  using F = ffi::NativeType<T>;
+  const Shape s = shape_of(u, A, d_block);
+  const std::string err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(),
+                                       Cm.dimensions());
+  if (!err.empty()) return ffi::Error::InvalidArgument(err);
+  const F *pu = u.typed_data(), *pdt = dt.typed_data(), *pA = A.typed_data();
+  const F *pB = Bm.typed_data(), *pC = Cm.typed_data();
+  F* py = y->typed_data();
+  parallel_for(s.S * s.B * s.P, [&](int64_t item) {
+    const int64_t sb = item / s.P, p = item % s.P, sd = sb / s.B;
+    const int64_t LD = s.L * s.D, LN = s.L * s.N;
+    const bool rev = reverse != (bidirectional && sd == 1);
+    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); ++d) {
+      const F* A_N = pA + (sd * s.D + d) * s.N;
+      forward_any<F>(s, pu + sb * LD, pdt + sb * LD, A_N, pB + sb * LN, pC + sb * LN,
+                     py + sb * LD, d, rev);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+template <ffi::DataType T>
+ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::Buffer<T> Bm,
+                    ffi::Buffer<T> Cm, ffi::Buffer<T> dy, ffi::ResultBuffer<T> du,
+                    ffi::ResultBuffer<T> ddt, ffi::ResultBuffer<T> dA, ffi::ResultBuffer<T> dB,
+                    ffi::ResultBuffer<T> dC, bool reverse, bool bidirectional,
+                    int64_t d_block) {
+  using F = ffi::NativeType<T>;
+  const Shape s = shape_of(u, A, d_block);
+  const std::string err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(),
+                                       Cm.dimensions());
+  if (!err.empty()) return ffi::Error::InvalidArgument(err);
+  const F *pu = u.typed_data(), *pdt = dt.typed_data(), *pA = A.typed_data();
+  const F *pB = Bm.typed_data(), *pC = Cm.typed_data(), *pdy = dy.typed_data();
+  F *pdu = du->typed_data(), *pddt = ddt->typed_data(), *pdA = dA->typed_data();
+  F *pdB = dB->typed_data(), *pdC = dC->typed_data();
+  parallel_for(s.S * s.B * s.P, [&](int64_t item) {
+    thread_local std::vector<F> H, E;
+    const int64_t sb = item / s.P, p = item % s.P, sd = sb / s.B;
+    const int64_t LD = s.L * s.D, LN = s.L * s.N;
+    const bool rev = reverse != (bidirectional && sd == 1);
+    F* dB_item = pdB + item * LN;  // (S, B, P, L, N): item indexes (s, b, p)
+    F* dC_item = pdC + item * LN;
+    std::fill(dB_item, dB_item + LN, F(0));
+    std::fill(dC_item, dC_item + LN, F(0));
+    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); ++d) {
+      const F* A_N = pA + (sd * s.D + d) * s.N;
+      F* dA_N = pdA + (sb * s.D + d) * s.N;
+      backward_any<F>(s, pu + sb * LD, pdt + sb * LD, A_N, pB + sb * LN, pC + sb * LN,
+                      pdy + sb * LD, pdu + sb * LD, pddt + sb * LD, dA_N, dB_item, dC_item, d,
+                      rev, H, E);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define NANODNA_BIND_FWD(T)                         \
+  ffi::Ffi::Bind()                                  \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Ret<ffi::Buffer<T>>()                        \
+      .Attr<bool>("reverse")                        \
+      .Attr<bool>("bidirectional")                  \
+      .Attr<int64_t>("d_block")
+
+#define NANODNA_BIND_BWD(T)                         \
+  ffi::Ffi::Bind()                                  \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Arg<ffi::Buffer<T>>()                        \
+      .Ret<ffi::Buffer<T>>()                        \
+      .Ret<ffi::Buffer<T>>()                        \
+      .Ret<ffi::Buffer<T>>()                        \
+      .Ret<ffi::Buffer<T>>()                        \
+      .Ret<ffi::Buffer<T>>()                        \
+      .Attr<bool>("reverse")                        \
+      .Attr<bool>("bidirectional")                  \
+      .Attr<int64_t>("d_block")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF32, scan_fwd<ffi::F32>, NANODNA_BIND_FWD(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF64, scan_fwd<ffi::F64>, NANODNA_BIND_FWD(ffi::F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF32, scan_bwd<ffi::F32>, NANODNA_BIND_BWD(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF64, scan_bwd<ffi::F64>, NANODNA_BIND_BWD(ffi::F64));

@@ -1,0 +1,134 @@
+"""kernels/cpu, the fused C++ selective scan: its build, its two code paths, sharding, errors.
+
+Parity of outputs and all gradients with the float64 reference, through nanodna.ops, is in
+test_scan_vjp.py (impl "cpu"); here the kernel is called directly: float64 inputs (the scalar
+path, which must agree to rounding), every vector width of the float32 path, a batch split
+over a mesh, vmap, and what a user sees when no compiler is there.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import cpu as cpu_kernel
+from kernels.cpu import build
+from nanodna.ops import random_scan_inputs, selective_scan, selective_scan_bidirectional
+from nanodna.ops.scan import bidirectional_scan_ref
+
+pytestmark = pytest.mark.skipif(not cpu_kernel.available(), reason="no C++ compiler")
+
+
+def core_inputs(seed, S, Bsz, L, Dch, N, dtype=jnp.float32):
+    """(u, dt, A, B, C) as the kernel takes them: dt already positive (softplus applied)."""
+    x = random_scan_inputs(jax.random.key(seed), Bsz, L, Dch, N, dtype, S=S)
+    return x["u"], jax.nn.softplus(x["delta"]), x["A"].astype(dtype), x["B"], x["C"]
+
+
+def reference(u, dt, A, B, C, reverse, bidirectional):
+    """A plain lax.scan of the recurrence per direction, in u's dtype."""
+    def one(u, dt, A, B, C, rev):
+        def step(h, xs):
+            u_t, dt_t, B_t, C_t = xs  # (B, D), (B, D), (B, N), (B, N)
+            h = jnp.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t[:, None, :]
+            return h, jnp.einsum("bdn,bn->bd", h, C_t)
+        xs = tuple(jnp.swapaxes(a, 0, 1) for a in (u, dt, B, C))
+        h0 = jnp.zeros((u.shape[0], u.shape[2], A.shape[-1]), u.dtype)
+        return jnp.swapaxes(jax.lax.scan(step, h0, xs, reverse=rev)[1], 0, 1)
+    return jnp.stack([one(u[s], dt[s], A[s], B[s], C[s], reverse != (bidirectional and s == 1))
+                      for s in range(u.shape[0])])
+
+
+def grads(fn, args, w):
+    return jax.jit(jax.value_and_grad(lambda a: jnp.sum(fn(*a) * w)))(args)
+
+
+@pytest.mark.parametrize("reverse,bidirectional", [(False, False), (True, False), (False, True)])
+def test_float64_scalar_path_agrees_to_rounding(reverse, bidirectional):
+    with jax.enable_x64(True):
+        args = core_inputs(1, 2, 3, 23, 70, 5, jnp.float64)
+        w = jax.random.normal(jax.random.key(2), args[0].shape, jnp.float64)
+        kernel = functools.partial(cpu_kernel.selective_scan_cpu, reverse=reverse,
+                                   bidirectional=bidirectional)
+        ref = functools.partial(reference, reverse=reverse, bidirectional=bidirectional)
+        (v, g), (v_ref, g_ref) = grads(kernel, args, w), grads(ref, args, w)
+        np.testing.assert_allclose(kernel(*args), ref(*args), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-10)
+        for name, a, b in zip("u dt A B C".split(), g, g_ref, strict=True):
+            assert np.abs(np.asarray(b)).max() > 0
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11 * np.abs(b).max(),
+                                       err_msg=name)
+
+
+@pytest.mark.parametrize("N", [8, 16, 32, 64, 12])  # the four vector widths, then the scalar path
+def test_float32_paths_match_float64(N):
+    args64 = None
+    with jax.enable_x64(True):
+        args64 = core_inputs(3 + N, 2, 2, 29, 66, N, jnp.float64)
+        w64 = jax.random.normal(jax.random.key(4), args64[0].shape, jnp.float64)
+        ref = functools.partial(reference, reverse=False, bidirectional=True)
+        y_ref = np.asarray(ref(*args64))
+        _, g_ref = grads(ref, args64, w64)
+        g_ref = [np.asarray(g) for g in g_ref]
+    args = tuple(jnp.asarray(np.asarray(a), jnp.float32) for a in args64)
+    kernel = functools.partial(cpu_kernel.selective_scan_cpu, bidirectional=True)
+    y = np.asarray(kernel(*args))
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5 * np.abs(y_ref).max())
+    _, g = grads(kernel, args, jnp.asarray(np.asarray(w64), jnp.float32))
+    for name, a, b in zip("u dt A B C".split(), g, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * np.abs(b).max(), err_msg=name)
+
+
+def test_batch_split_over_a_mesh_runs_per_device_and_matches():
+    assert len(jax.devices()) == 8  # tests/conftest.py forces 8 host devices
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+    P = jax.sharding.PartitionSpec
+    x = random_scan_inputs(jax.random.key(5), 8, 21, 12, 16, S=2)
+    split = {k: jax.device_put(v, jax.sharding.NamedSharding(
+        mesh, P(None, "data") if k in ("u", "delta", "B", "C") else P())) for k, v in x.items()}
+
+    def loss(x):
+        return jnp.sum(jnp.sin(selective_scan_bidirectional(**x, delta_softplus=True, impl="cpu")))
+
+    assert "shard_map" in str(jax.make_jaxpr(loss)(split))
+    assert "shard_map" not in str(jax.make_jaxpr(loss)(x))
+    value, g = jax.jit(jax.value_and_grad(loss))(split)
+    value_ref, g_ref = jax.jit(jax.value_and_grad(
+        lambda x: jnp.sum(jnp.sin(bidirectional_scan_ref(**x, delta_softplus=True)))))(x)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+    for k in x:
+        if x[k] is not None:
+            np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-4,
+                                       atol=1e-4 * np.abs(g_ref[k]).max(), err_msg=k)
+
+
+def test_vmap_over_an_extra_axis():
+    x = random_scan_inputs(jax.random.key(6), 2, 9, 8, 8)
+    batched = {k: jnp.stack([v, 2 * v]) if k in ("u", "z") else v for k, v in x.items()}
+    f = lambda u, z: selective_scan(**dict(x, u=u, z=z), delta_softplus=True, impl="cpu")  # noqa: E731
+    ys = jax.vmap(f)(batched["u"], batched["z"])
+    for i in range(2):
+        np.testing.assert_allclose(ys[i], f(batched["u"][i], batched["z"][i]), rtol=1e-6)
+
+
+def test_no_compiler_is_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("NANODNA_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found") as info:
+        build._build()
+    assert "\n" not in str(info.value)
+    # an explicit impl="cpu" says why it cannot run, instead of an XLA error
+    monkeypatch.setitem(build._state, "lib", None)
+    monkeypatch.setitem(build._state, "error", "no C++ compiler found (set CXX)")
+    with pytest.raises(RuntimeError, match="CPU scan kernel is unavailable: no C\\+\\+ compiler"):
+        cpu_kernel.selective_scan_cpu(*core_inputs(7, 1, 1, 4, 8, 8))
+
+
+def test_library_is_built_once_and_cached(monkeypatch):
+    first = build._build()
+    calls = []
+    monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert build._build() == first and first.exists() and not calls
