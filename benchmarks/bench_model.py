@@ -4,6 +4,8 @@
     python benchmarks/bench_model.py --scan-impl ref chunked_seq --batch 2
     python benchmarks/bench_model.py --size caduceus_tiny transformer_1m --width 32 64 128 \
         --layers 3 --length 128 --batch 32          # Caduceus-PS vs transformer at equal widths
+    python benchmarks/bench_model.py --size caduceus_tiny transformer_1m --width 64 \
+        --layers 3 --length 128 --batch 32 --scan-impl chunked_vjp cpu --unroll-layers
     python benchmarks/bench_model.py --size caduceus_tiny --width 64 --layers 3 --length 128 \
         --batch 32 --devices 1 2                    # the batch split over 1 vs 2 CPU "devices"
 
@@ -39,6 +41,8 @@ def main():
     p.add_argument("--scan-impl", nargs="+", default=["auto"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true")
+    p.add_argument("--unroll-layers", action="store_true",
+                   help="a Python loop over the blocks (ModelConfig.unroll_layers)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--devices", type=int, nargs="+", default=[1],
                    help="split the batch over this many devices (CPU: host devices), interleaved")
@@ -49,7 +53,7 @@ def main():
                                    + f" --xla_force_host_platform_device_count={max(args.devices)}")
 
     print(f"device: {jax.devices()[0].device_kind}; L={args.length}, {args.dtype}"
-          f"{', remat' if args.remat else ''}")
+          f"{', remat' if args.remat else ''}{', unrolled layers' if args.unroll_layers else ''}")
     print("| size | width | params | scan impl | B | devices | compile s | step ms (median) "
           "| tokens/s | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -62,7 +66,7 @@ def main():
                 if args.layers is not None:
                     over["n_layers"] = args.layers
                 cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
-                                remat=args.remat, **over)
+                                remat=args.remat, unroll_layers=args.unroll_layers, **over)
                 for Bsz in args.batch:
                     for n_dev in args.devices:
                         row = time_step(cfg, Bsz, args.length, args.repeats, n_dev)

@@ -1,5 +1,6 @@
 """Bidirectional selective scan, forward+backward: autodiff (chunked_seq) vs the hand-written
-backward (chunked_vjp), side by side in one process.
+backwards (chunked_vjp in XLA, and the fused C++ kernel "cpu" in kernels/cpu when it builds),
+side by side in one process.
 
     python benchmarks/bench_scan_vjp.py                        # l20 layer and demo shapes
     python benchmarks/bench_scan_vjp.py --shape l20 --chunks 32 64 --repeats 7
@@ -22,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from kernels import cpu as cpu_kernel
 from nanodna.ops import scan
 from nanodna.ops.scan import selective_scan_bidirectional
 
@@ -77,6 +79,8 @@ def main():
         base_key = ("chunked_seq", scan.DEFAULT_CHUNK)  # its chunk is the library default
         runs = {base_key: fwd_bwd(*base_key)}
         runs.update({("chunked_vjp", c): fwd_bwd("chunked_vjp", c) for c in args.chunks})
+        if cpu_kernel.available():  # no chunks: it replays each channel's whole sequence
+            runs[("cpu", "-")] = fwd_bwd("cpu", scan.DEFAULT_CHUNK)
         times = {k: [] for k in runs}
         cpu = {k: [] for k in runs}
         for fn in runs.values():

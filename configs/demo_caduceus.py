@@ -22,7 +22,7 @@ def get_config() -> Config:
     return dataclasses.replace(
         cfg,
         # Caduceus-PS, 64 channels per strand x 4 layers (0.16M params), d_state 16 as PlantCAD.
-        model=sizes.get("caduceus_tiny", max_len=cfg.data.seq_len),
+        model=sizes.get("caduceus_tiny", max_len=cfg.data.seq_len, unroll_layers=True),
         # PlantCAD's masked LM: 15% of positions, 80/10/10, repeats weighted 0.1.
         data=dataclasses.replace(cfg.data, mode="mlm"),
         optim=dataclasses.replace(cfg.optim, lr=2e-3),

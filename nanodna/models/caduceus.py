@@ -63,17 +63,19 @@ class Caduceus(eqx.Module):
     norm_f: RMSNorm
     rcps: bool = eqx.field(static=True)
     remat: bool = eqx.field(static=True)
+    unroll_layers: bool = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_emb, k_blocks = jax.random.split(key)
         self.embed = EMBED_STD * jax.random.normal(k_emb, (cfg.vocab_size, cfg.d_model))
         self.blocks = stack_layers(lambda k: MambaBlock(cfg, key=k), cfg.n_layers, k_blocks)
         self.norm_f = RMSNorm(cfg.d_model)
-        self.rcps, self.remat = cfg.rcps, cfg.remat
+        self.rcps, self.remat, self.unroll_layers = cfg.rcps, cfg.remat, cfg.unroll_layers
 
     def trunk(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         """Embeddings -> final normed hidden states: the blocks and the final norm."""
-        return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat))
+        return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat,
+                                       unroll=self.unroll_layers))
 
     def hidden(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L D"]:
         """Final normed hidden states of one strand (no RC folding). With rcps_swap_strands

@@ -39,6 +39,10 @@ class ModelConfig:
     # --- both ---
     compute_dtype: str = "float32"  # params stay float32; matmuls run in this dtype
     remat: bool = False  # jax.checkpoint each block: recompute activations in the backward
+    # A Python loop over the blocks instead of lax.scan: no stacked per-layer residuals to copy,
+    # ~13% faster Caduceus-PS steps on CPU at caduceus_tiny sizes (BENCHMARKS.md), but compile
+    # time grows with depth. Same parameters, same function.
+    unroll_layers: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHS:

@@ -80,8 +80,9 @@ def layer_at(layers: eqx.Module, i: int) -> eqx.Module:
     return eqx.combine(jax.tree.map(lambda a: a[i], params), static)
 
 
-def scan_layers(layers: eqx.Module, x: Array, remat: bool = False) -> Array:
-    """x -> layer_{n-1}(... layer_0(x)) with lax.scan over the stacked parameters."""
+def scan_layers(layers: eqx.Module, x: Array, remat: bool = False, unroll: bool = False) -> Array:
+    """x -> layer_{n-1}(... layer_0(x)) with lax.scan over the stacked parameters, or with a
+    Python loop when unroll (ModelConfig.unroll_layers: faster steps, longer compiles)."""
     params, static = eqx.partition(layers, eqx.is_array)
 
     def body(x, layer_params):
@@ -89,5 +90,9 @@ def scan_layers(layers: eqx.Module, x: Array, remat: bool = False) -> Array:
 
     if remat:  # keep only each block's input; recompute its insides in the backward pass
         body = jax.checkpoint(body)
+    if unroll:
+        for i in range(n_stacked(layers)):
+            x, _ = body(x, jax.tree.map(lambda a: a[i], params))
+        return x
     x, _ = jax.lax.scan(body, x, params)
     return x

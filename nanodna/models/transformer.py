@@ -125,6 +125,7 @@ class Transformer(eqx.Module):
     norm_f: RMSNorm
     head: Array  # (V, D), untied
     remat: bool = eqx.field(static=True)
+    unroll_layers: bool = eqx.field(static=True)
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_emb, k_blocks, k_head = jax.random.split(key, 3)
@@ -132,11 +133,12 @@ class Transformer(eqx.Module):
         self.blocks = stack_layers(lambda k: TransformerBlock(cfg, key=k), cfg.n_layers, k_blocks)
         self.norm_f = RMSNorm(cfg.d_model)
         self.head = INIT_STD * jax.random.normal(k_head, (cfg.vocab_size, cfg.d_model))
-        self.remat = cfg.remat
+        self.remat, self.unroll_layers = cfg.remat, cfg.unroll_layers
 
     def trunk(self, h_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         """Embeddings -> final normed hidden states: the blocks and the final norm."""
-        return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat))
+        return self.norm_f(scan_layers(self.blocks, h_BLD, remat=self.remat,
+                                       unroll=self.unroll_layers))
 
     def hidden(self, tokens_BL: Int[Array, "B L"]) -> Float[Array, "B L D"]:
         return self.trunk(self.embed[tokens_BL])
