@@ -15,8 +15,9 @@ both strands inside the model) and Ph (both strands); transformers as MLM and CL
     python benchmarks/bench_eval.py --paths --sizes plantcad_l20 --n-layers 1 --rows 40 \
         --old-batch-size 64 --repeats 2
 
-"old" is score_table as eval.py ran it before issue 10 (batch 64, the training scan, full
-logits); "fast" the inference path (forward-only scan, head at the target, CPU batch size).
+"old" is score_table as eval.py ran it before issue 10 (batch 64, the training scan that
+"auto" picked on CPU then, chunked_vjp, full logits); "fast" the inference path (on CPU the
+kernels/cpu scan, or the forward-only XLA loop without it; head at the target; CPU batch size).
 Both include padding the last batch, so a table smaller than a batch shows the padding cost.
 --n-layers keeps a size's layer shape with fewer layers (time per window scales with depth).
 """
@@ -34,6 +35,7 @@ from nanodna import tokenizer
 from nanodna.evaluation import scoring
 from nanodna.evaluation.tables import EvalTable, default_pos
 from nanodna.models import build_model, sizes
+from nanodna.models.build import with_scan_impl
 
 
 def random_table(rows: int, seq_len: int, seed: int = 0) -> EvalTable:
@@ -78,14 +80,15 @@ def compare_paths(args) -> None:
             overrides["n_layers"] = args.n_layers
         cfg = sizes.get(size, **overrides)
         model = build_model(cfg, jax.random.key(0))
-        runs = {"old": {"batch_size": args.old_batch_size, "inference_path": "old"},
-                "fast": {"batch_size": args.fast_batch_size, "inference_path": "fast"}}
-        for kw in runs.values():  # compile
-            scoring.score_table(model, cfg, table, **kw)
+        old_model = model if cfg.arch != "caduceus" else with_scan_impl(model, "chunked_vjp")
+        runs = {"old": (old_model, {"batch_size": args.old_batch_size, "inference_path": "old"}),
+                "fast": (model, {"batch_size": args.fast_batch_size, "inference_path": "fast"})}
+        for m, kw in runs.values():  # compile
+            scoring.score_table(m, cfg, table, **kw)
         secs = {k: [] for k in runs}
         for _ in range(args.repeats):
-            for k, kw in runs.items():
-                secs[k].append(scoring.score_table(model, cfg, table, **kw).seconds)
+            for k, (m, kw) in runs.items():
+                secs[k].append(scoring.score_table(m, cfg, table, **kw).seconds)
         ratio = statistics.median(o / f for o, f in zip(secs["old"], secs["fast"]))
         name = size + (f" ({cfg.n_layers} layers)" if args.n_layers else "")
         print(f"| {name} | {args.rows / statistics.median(secs['old']):.3g} | "

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_model.py --size plantcad_l20 --batch 1 2 --repeats 5
     python benchmarks/bench_model.py --scan-impl ref chunked_seq --batch 2
+    python benchmarks/bench_model.py --batch 1 --scan-impl chunked_seq cpu --matmul --repeats 3
     python benchmarks/bench_model.py --size caduceus_tiny transformer_1m --width 32 64 128 \
         --layers 3 --length 128 --batch 32          # Caduceus-PS vs transformer at equal widths
     python benchmarks/bench_model.py --size caduceus_tiny transformer_1m --width 64 \
@@ -41,6 +42,9 @@ def main():
     p.add_argument("--scan-impl", nargs="+", default=["auto"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true")
+    p.add_argument("--matmul", action="store_true",
+                   help="also time a float32 2048^3 matmul in this process; rows then give "
+                        "their FLOP/s as a fraction of it")
     p.add_argument("--unroll-layers", action="store_true",
                    help="a Python loop over the blocks (ModelConfig.unroll_layers)")
     p.add_argument("--repeats", type=int, default=5)
@@ -54,9 +58,12 @@ def main():
 
     print(f"device: {jax.devices()[0].device_kind}; L={args.length}, {args.dtype}"
           f"{', remat' if args.remat else ''}{', unrolled layers' if args.unroll_layers else ''}")
+    peak = matmul_gflops(args.repeats) if args.matmul else None
+    if peak:
+        print(f"float32 matmul (2048 x 2048 x 2048, median of {args.repeats}): {peak:.1f} GFLOP/s")
     print("| size | width | params | scan impl | B | devices | compile s | step ms (median) "
-          "| tokens/s | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| tokens/s | GFLOP/s |" + (" of matmul |" if peak else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""))
     for width in args.width:  # sizes interleaved per width: same-run ratios
         for size in args.size:
             for impl in args.scan_impl:
@@ -72,7 +79,21 @@ def main():
                         row = time_step(cfg, Bsz, args.length, args.repeats, n_dev)
                         print(f"| {size} | {cfg.d_model} | {row['params']} | {impl} | {Bsz} | "
                               f"{n_dev} | {row['compile_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
-                              f"{row['tok_s']:.0f} | {row['gflops']:.1f} |", flush=True)
+                              f"{row['tok_s']:.0f} | {row['gflops']:.1f} |"
+                              + (f" {row['gflops'] / peak:.0%} |" if peak else ""), flush=True)
+
+
+def matmul_gflops(repeats: int, n: int = 2048) -> float:
+    """GFLOP/s of one jitted float32 (n, n) @ (n, n): the rate a model step is held against."""
+    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (2, 3))
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(dot(a, b))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> dict:

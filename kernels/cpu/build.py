@@ -8,7 +8,8 @@ version; a second process finds it there. Writes go to a temporary name and are 
 place, so parallel test workers never load a half-written file.
 
 `load()` returns the ctypes library, or None when no compiler works (then `error()` says why
-in one line): nanodna then runs the pure-JAX scan (nanodna/ops/scan_vjp.py) instead.
+in one line, and a warning says it once): nanodna then runs the pure-JAX scan
+(nanodna/ops/scan_vjp.py) instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 
 import jax
 
@@ -32,8 +34,7 @@ TARGETS = {
     "NanodnaScanBwdF32": "nanodna_scan_bwd_f32",
     "NanodnaScanBwdF64": "nanodna_scan_bwd_f64",
 }
-BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-fopenmp-simd",
-              "-pthread"]
+BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread"]
 ARCH_FLAGS = [["-march=native"], ["-mcpu=native"], []]  # first that compiles wins
 
 _state: dict = {}
@@ -91,6 +92,8 @@ def load():
             _state["lib"], _state["error"] = lib, None
         except (OSError, RuntimeError) as e:
             _state["lib"], _state["error"] = None, str(e)
+            warnings.warn(f"nanodna: the CPU scan kernel is unavailable ({e}); the selective "
+                          "scan runs as XLA loops instead (slower)", stacklevel=2)
     return _state["lib"]
 
 

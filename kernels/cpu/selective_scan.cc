@@ -31,6 +31,10 @@
 #include <type_traits>
 #include <vector>
 
+#ifdef __linux__
+#include <sched.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -76,11 +80,17 @@ inline f32x8 exp8(f32x8 x) {
   return p * (f32x8)((k_int + 127) << 23);  // p * 2^k, the exponent bits built directly
 }
 
+// Threads per call: $NANODNA_CPU_THREADS, else the cores this process may run on (taskset and
+// container CPU sets included, on Linux), else std::thread's count.
 int64_t max_threads() {
   if (const char* env = std::getenv("NANODNA_CPU_THREADS")) {
     const int64_t n = std::atoll(env);
     if (n > 0) return n;
   }
+#ifdef __linux__
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
   return std::max<int64_t>(1, std::thread::hardware_concurrency());
 }
 

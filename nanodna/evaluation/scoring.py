@@ -36,8 +36,9 @@ compilation per distinct length, whatever the table size. A model whose arrays l
 device mesh (as during training) has its batches split over that mesh.
 
 Inference paths (`inference_path`). "fast" (the default) is the scoring path: on CPU every
-selective scan runs as ops/scan_fwd.py's forward-only loop (no chunk-boundary states, nothing
-kept for a backward pass), the masked rule runs the LM head at the target position only
+selective scan runs forward only (the kernels/cpu kernel outside a backward pass or, without
+it, ops/scan_fwd.py's loop: no chunk-boundary states, nothing kept for a backward), the masked
+rule runs the LM head at the target position only
 (`model.logits_at`), and the batch size defaults to CPU_BATCH_SIZE (small batches waste
 less on padding the last batch and measured as fast per window as large ones on CPU). "old"
 is the path before issue 10 (the model as trained, full logits), kept so benchmarks and tests
