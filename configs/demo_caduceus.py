@@ -6,11 +6,10 @@ Same data, fixed step count (1,515) and schedule as configs/demo.py; only the mo
 objective change, and the layers run as a Python loop (unroll_layers: faster CPU steps). With
 the fused CPU scan kernel (kernels/cpu) it ran the 1,515 steps in 29 min on the 2-core CPU and
 ended at conservation ROC AUC 0.653 on the 400-row table; the AUC stays near 0.53-0.58 for the
-first 1,100 steps and climbs in the decay (BENCHMARKS.md, "Demo"). That is about 3x the
-transformer demo's 8-10 minutes: the masked objective puts a loss on 15% of positions, and a
-Caduceus-PS step still costs ~2x a transformer step of equal width here. A wall-clock budget
-stays available (train.max_minutes=60): the WSD run is then fitted to it once and the fit kept
-for resumes.
+first 1,100 steps and climbs in the decay (BENCHMARKS.md, "Training: the demo"). Its steps
+run at ~0.7x the transformer demo's tokens/s; the masked objective puts a loss on only 15% of
+positions, so it needs the whole schedule to get there. A wall-clock budget stays available
+(train.max_minutes=60): the WSD run is then fitted to it once and the fit kept for resumes.
 """
 
 import dataclasses

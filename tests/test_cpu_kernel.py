@@ -132,3 +132,14 @@ def test_library_is_built_once_and_cached(monkeypatch):
     calls = []
     monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: calls.append(a))
     assert build._build() == first and first.exists() and not calls
+
+
+def test_shapes_that_disagree_are_an_error_not_a_crash():
+    """The kernel checks its buffers itself (the wrapper's shapes are also type-checked)."""
+    u, dt, A, B, C = core_inputs(8, 1, 2, 6, 8, 8)
+    call = jax.ffi.ffi_call("nanodna_scan_fwd_f32", jax.ShapeDtypeStruct(u.shape, u.dtype))
+    attrs = dict(reverse=np.bool_(False), bidirectional=np.bool_(False), d_block=np.int64(64))
+    with pytest.raises(Exception, match="A must be \\(S, D, N\\)"):
+        jax.block_until_ready(call(u, dt, A[:, :4], B, C, **attrs))
+    with pytest.raises(Exception, match="u must be \\(S, B, L, D\\)"):
+        jax.block_until_ready(call(u[0], dt[0], A, B[0], C[0], **attrs))

@@ -25,9 +25,10 @@ conservation table (490 conserved; 1,000 bootstrap resamples).
 Time: measured about 2 h 40 min for the 9 runs on this 2-core machine while it also ran tests
 (EXPERIMENTS.md, section 1; wall seconds per run in results.tsv, `wall_s`); the Arabidopsis
 sweep, the same runs on other data, took 2 h 26 min with its first three runs on a quiet
-machine (section 2). The budget that leaves the plateau does not fit in 60 minutes here. For a
-quicker look, copy this file and lower `cycles` (the checkpoints will sit at chance below ~4M
-tokens).
+machine (section 2). Both were timed before the fused CPU scan kernel (kernels/cpu, 2026-12-02),
+which makes a Caduceus-PS step ~2.5-4x faster; not re-timed since. The budget that leaves the
+plateau did not fit in 60 minutes here. For a quicker look, copy this file and lower `cycles`
+(the checkpoints will sit at chance below ~4M tokens).
 """
 
 from nanodna.sweep.config import Run, SweepConfig

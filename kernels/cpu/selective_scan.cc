@@ -129,9 +129,14 @@ std::string check_shapes(const Shape& s, ffi::Span<const int64_t> dt, ffi::Span<
   return "";
 }
 
+// The shape from u (S B L D) and A (S D N); an error message in `err` if their ranks are off.
 template <typename Buf>
-Shape shape_of(const Buf& u, const Buf& A, int64_t d_block) {
+Shape shape_of(const Buf& u, const Buf& A, int64_t d_block, std::string& err) {
   auto du = u.dimensions();
+  if (du.size() != 4 || A.dimensions().size() != 3 || d_block < 1) {
+    err = "u must be (S, B, L, D), A (S, D, N) and d_block >= 1";
+    return Shape{};
+  }
   Shape s{du[0], du[1], du[2], du[3], A.dimensions()[2], d_block, 0};
   s.P = (s.D + d_block - 1) / d_block;
   return s;
@@ -305,9 +310,10 @@ ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
                     ffi::Buffer<T> Cm, ffi::ResultBuffer<T> y, bool reverse, bool bidirectional,
                     int64_t d_block) {
   using F = ffi::NativeType<T>;
-  const Shape s = shape_of(u, A, d_block);
-  const std::string err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(),
-                                       Cm.dimensions());
+  std::string err;
+  const Shape s = shape_of(u, A, d_block, err);
+  if (err.empty())
+    err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(), Cm.dimensions());
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const F *pu = u.typed_data(), *pdt = dt.typed_data(), *pA = A.typed_data();
   const F *pB = Bm.typed_data(), *pC = Cm.typed_data();
@@ -332,9 +338,13 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
                     ffi::ResultBuffer<T> dC, bool reverse, bool bidirectional,
                     int64_t d_block) {
   using F = ffi::NativeType<T>;
-  const Shape s = shape_of(u, A, d_block);
-  const std::string err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(),
-                                       Cm.dimensions());
+  std::string err;
+  const Shape s = shape_of(u, A, d_block, err);
+  if (err.empty())
+    err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(), Cm.dimensions());
+  if (err.empty() && check_shapes(s, dy.dimensions(), A.dimensions(), Bm.dimensions(),
+                                  Cm.dimensions()) != "")
+    err = "dy must have u's shape (S, B, L, D)";
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const F *pu = u.typed_data(), *pdt = dt.typed_data(), *pA = A.typed_data();
   const F *pB = Bm.typed_data(), *pC = Cm.typed_data(), *pdy = dy.typed_data();
