@@ -61,10 +61,12 @@ inline float lane_sum(f32x8 v) {
 }
 
 // exp of 8 floats: 2^k * p(r), x = k ln2 + r, |r| <= ln2 / 2, p the Cephes expf polynomial
-// (cephes/single/expf.c), relative error ~1e-7. Arguments below -87.3 give ~1e-38, not 0.
+// (cephes/single/expf.c), relative error ~1e-7. x is clamped to [-87.3, 88.3] so that 2^k stays
+// a normal float: below, ~1e-38 instead of a denormal or 0; above, ~2e38 instead of inf. The
+// scan only ever asks for exp(dt A) with dt > 0 and A < 0, i.e. x <= 0.
 inline f32x8 exp8(f32x8 x) {
   x = x < splat(-87.3f) ? splat(-87.3f) : x;
-  x = x > splat(88.7f) ? splat(88.7f) : x;
+  x = x > splat(88.3f) ? splat(88.3f) : x;
   // k = round(x / ln2): adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
   const f32x8 shifted = x * splat(1.44269504088896341f) + splat(12582912.0f);
   const f32x8 k = shifted - splat(12582912.0f);
