@@ -143,3 +143,20 @@ def test_shapes_that_disagree_are_an_error_not_a_crash():
         jax.block_until_ready(call(u, dt, A[:, :4], B, C, **attrs))
     with pytest.raises(Exception, match="u must be \\(S, B, L, D\\)"):
         jax.block_until_ready(call(u[0], dt[0], A, B[0], C[0], **attrs))
+
+
+def test_another_cpu_never_reuses_the_cached_library(monkeypatch):
+    """-march=native code is keyed by the CPU: a cache shared by different machines (an NFS
+    home on a cluster) must build again rather than hand a node another CPU's instructions."""
+    build._build()  # this machine's library is cached
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return build.subprocess.CompletedProcess(cmd, 1, "", "fake compiler: no")
+
+    monkeypatch.setattr(build, "_cpu_id", lambda: "model name : some other CPU")
+    monkeypatch.setattr(build.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match="could not build"):
+        build._build()
+    assert calls  # it tried to compile instead of loading this machine's library

@@ -3,8 +3,8 @@
 The shared library is built on first use with the machine's C++ compiler (`$CXX`, else g++,
 else c++/clang++), `-O3 -march=native`, against the XLA FFI headers that ship with jaxlib
 (`jax.ffi.include_dir()`), and cached under `$NANODNA_KERNEL_CACHE` (default
-`~/.cache/nanodna/kernels`) by a hash of the source, the flags, the compiler and jaxlib's
-version; a second process finds it there. Writes go to a temporary name and are renamed into
+`~/.cache/nanodna/kernels`) by a hash of the source, the flags, the compiler, jax's version and
+the CPU (model and feature flags); a second process finds it there. Writes go to a temporary name and are renamed into
 place, so parallel test workers never load a half-written file.
 
 `load()` returns the ctypes library, or None when no compiler works (then `error()` says why
@@ -21,6 +21,7 @@ import pathlib
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -47,6 +48,18 @@ def _compiler() -> str | None:
     return None
 
 
+def _cpu_id() -> str:
+    """What -march=native compiles for: the CPU model and its feature flags on Linux (so that a
+    cache in a home directory shared by different cluster nodes never hands a node code for
+    another CPU), platform.processor() elsewhere."""
+    try:
+        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(dict.fromkeys(keep))  # one copy of each distinct line
+
+
 def cache_dir() -> pathlib.Path:
     default = pathlib.Path.home() / ".cache" / "nanodna" / "kernels"
     return pathlib.Path(os.environ.get("NANODNA_KERNEL_CACHE", default))
@@ -63,8 +76,8 @@ def _build() -> pathlib.Path:
     for arch in ARCH_FLAGS:
         flags = BASE_FLAGS + arch
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cxx.encode(),
-                                         jax.__version__.encode(),
-                                         platform.machine().encode()])).hexdigest()[:16]
+                                         jax.__version__.encode(), platform.machine().encode(),
+                                         _cpu_id().encode()])).hexdigest()[:16]
         out = cache_dir() / f"selective_scan_{key}.so"
         if out.exists():
             return out
@@ -72,6 +85,8 @@ def _build() -> pathlib.Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         cmd = [cxx, *flags, f"-I{include}", str(SOURCE), "-o", tmp]
+        print(f"nanodna: building the CPU scan kernel into {out.parent} (once, ~15 s)",
+              file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
             os.replace(tmp, out)
