@@ -87,13 +87,21 @@ def matmul_gflops(repeats: int, n: int = 2048) -> float:
     """GFLOP/s of one jitted float32 (n, n) @ (n, n): the rate a model step is held against."""
     a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (2, 3))
     dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))
+    _, seconds = warm_then_median(lambda: dot(a, b), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def warm_then_median(fn, repeats: int) -> tuple[float, float]:
+    """(seconds of the first call, which compiles, and the median of `repeats` later calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(dot(a, b))
+        jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return first, statistics.median(times)
 
 
 def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> dict:
@@ -113,15 +121,7 @@ def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> d
         logp = jax.nn.log_softmax(m(tokens))
         return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
 
-    t0 = time.perf_counter()
-    jax.block_until_ready(loss(model, tokens))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(loss(model, tokens))
-        times.append(time.perf_counter() - t0)
-    step = statistics.median(times)
+    compile_s, step = warm_then_median(lambda: loss(model, tokens), repeats)
     tok_s = Bsz * length / step
     return {"params": count_params(model), "compile_s": compile_s, "step_s": step,
             "tok_s": tok_s, "gflops": tok_s * flops_per_token(cfg, length) / 1e9}

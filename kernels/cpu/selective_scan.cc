@@ -114,18 +114,19 @@ struct Shape {
   int64_t S, B, L, D, N, d_block, P;
 };
 
+bool has_shape(ffi::Span<const int64_t> x, std::vector<int64_t> want) {
+  if (x.size() != want.size()) return false;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (x[i] != want[i]) return false;
+  return true;
+}
+
 // Shapes of u (S B L D), A (S D N), B and C (S B L N); an error message, or "" if they agree.
 std::string check_shapes(const Shape& s, ffi::Span<const int64_t> dt, ffi::Span<const int64_t> A,
                          ffi::Span<const int64_t> Bm, ffi::Span<const int64_t> Cm) {
-  auto eq = [](ffi::Span<const int64_t> x, std::vector<int64_t> want) {
-    if (x.size() != want.size()) return false;
-    for (size_t i = 0; i < want.size(); ++i)
-      if (x[i] != want[i]) return false;
-    return true;
-  };
-  if (!eq(dt, {s.S, s.B, s.L, s.D})) return "delta must have u's shape (S, B, L, D)";
-  if (!eq(A, {s.S, s.D, s.N})) return "A must be (S, D, N)";
-  if (!eq(Bm, {s.S, s.B, s.L, s.N}) || !eq(Cm, {s.S, s.B, s.L, s.N}))
+  if (!has_shape(dt, {s.S, s.B, s.L, s.D})) return "delta must have u's shape (S, B, L, D)";
+  if (!has_shape(A, {s.S, s.D, s.N})) return "A must be (S, D, N)";
+  if (!has_shape(Bm, {s.S, s.B, s.L, s.N}) || !has_shape(Cm, {s.S, s.B, s.L, s.N}))
     return "B and C must be (S, B, L, N) with A's N";
   if (s.N > kMaxN) return "state size N above 256 is not supported";
   return "";
@@ -182,24 +183,22 @@ void forward_channel_f32x8(const Shape& s, const float* u, const float* dt, cons
   }
 }
 
-// Scalar path, backward of one channel d of one row: replay the forward into H (h_t) and E
-// (a_t), then the adjoint from the end. du, ddt written at [t, d]; dA_N (N) overwritten;
+// Scalar path, backward of one channel d of one row: replay the forward into H (h_{t-1} and
+// h_t) and E (a_t), then the adjoint from the end. du, ddt written at [t, d]; dA_N (N) overwritten;
 // dB, dC (L, N) summed into.
 template <typename F>
 void backward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B,
                       const F* C, const F* dy, F* du, F* ddt, F* dA_N, F* dB, F* dC, int64_t d,
                       bool reverse, std::vector<F>& H, std::vector<F>& E) {
   const int64_t N = s.N, L = s.L, D = s.D;
-  H.resize(L * N);
+  H.assign((L + 1) * N, F(0));  // H[0] is h_{-1} = 0, H[i + 1] is h after step i
   E.resize(L * N);
-  F h[kMaxN] = {};
   for (int64_t i = 0; i < L; ++i) {  // replay, i in processing order
     const int64_t t = reverse ? L - 1 - i : i;
     const F dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
     for (int64_t n = 0; n < N; ++n) {
       E[i * N + n] = std::exp(dt_t * A_N[n]);
-      h[n] = E[i * N + n] * h[n] + x * B[t * N + n];
-      H[i * N + n] = h[n];
+      H[(i + 1) * N + n] = E[i * N + n] * H[i * N + n] + x * B[t * N + n];
     }
   }
   F ag[kMaxN] = {}, dA[kMaxN] = {};  // ag = a_{t+1} g_{t+1}
@@ -209,12 +208,12 @@ void backward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, con
     F gB = 0, wA = 0;
     for (int64_t n = 0; n < N; ++n) {
       const F g = ag[n] + dy_t * C[t * N + n];
-      const F w = g * (i > 0 ? H[(i - 1) * N + n] : F(0)) * E[i * N + n];
+      const F w = g * H[i * N + n] * E[i * N + n];
       dA[n] += w * dt_t;
       gB += g * B[t * N + n];
       wA += w * A_N[n];
       dB[t * N + n] += g * x;
-      dC[t * N + n] += H[i * N + n] * dy_t;
+      dC[t * N + n] += H[(i + 1) * N + n] * dy_t;
       ag[n] = E[i * N + n] * g;
     }
     du[t * D + d] = dt_t * gB;
@@ -344,8 +343,7 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
   const Shape s = shape_of(u, A, d_block, err);
   if (err.empty())
     err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(), Cm.dimensions());
-  if (err.empty() && check_shapes(s, dy.dimensions(), A.dimensions(), Bm.dimensions(),
-                                  Cm.dimensions()) != "")
+  if (err.empty() && !has_shape(dy.dimensions(), {s.S, s.B, s.L, s.D}))
     err = "dy must have u's shape (S, B, L, D)";
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const F *pu = u.typed_data(), *pdt = dt.typed_data(), *pA = A.typed_data();
@@ -374,34 +372,30 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
 
 }  // namespace
 
-#define NANODNA_BIND_FWD(T)                         \
-  ffi::Ffi::Bind()                                  \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Ret<ffi::Buffer<T>>()                        \
-      .Attr<bool>("reverse")                        \
-      .Attr<bool>("bidirectional")                  \
+// Both handlers take u, dt, A, B, C first and the same attributes last; the backward adds dy
+// and returns du, ddt, dA, dB, dC (per row / per channel block, see the top of this file).
+#define NANODNA_SCAN_INPUTS(T) \
+  ffi::Ffi::Bind()               \
+      .Arg<ffi::Buffer<T>>()     \
+      .Arg<ffi::Buffer<T>>()     \
+      .Arg<ffi::Buffer<T>>()     \
+      .Arg<ffi::Buffer<T>>()     \
+      .Arg<ffi::Buffer<T>>()
+#define NANODNA_SCAN_ATTRS         \
+  .Attr<bool>("reverse")           \
+      .Attr<bool>("bidirectional") \
       .Attr<int64_t>("d_block")
 
-#define NANODNA_BIND_BWD(T)                         \
-  ffi::Ffi::Bind()                                  \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Arg<ffi::Buffer<T>>()                        \
-      .Ret<ffi::Buffer<T>>()                        \
-      .Ret<ffi::Buffer<T>>()                        \
-      .Ret<ffi::Buffer<T>>()                        \
-      .Ret<ffi::Buffer<T>>()                        \
-      .Ret<ffi::Buffer<T>>()                        \
-      .Attr<bool>("reverse")                        \
-      .Attr<bool>("bidirectional")                  \
-      .Attr<int64_t>("d_block")
+#define NANODNA_BIND_FWD(T) NANODNA_SCAN_INPUTS(T).Ret<ffi::Buffer<T>>() NANODNA_SCAN_ATTRS
+
+#define NANODNA_BIND_BWD(T)        \
+  NANODNA_SCAN_INPUTS(T)           \
+      .Arg<ffi::Buffer<T>>()       \
+      .Ret<ffi::Buffer<T>>()       \
+      .Ret<ffi::Buffer<T>>()       \
+      .Ret<ffi::Buffer<T>>()       \
+      .Ret<ffi::Buffer<T>>()       \
+      .Ret<ffi::Buffer<T>>() NANODNA_SCAN_ATTRS
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF32, scan_fwd<ffi::F32>, NANODNA_BIND_FWD(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF64, scan_fwd<ffi::F64>, NANODNA_BIND_FWD(ffi::F64));

@@ -68,8 +68,9 @@ def selective_scan_cpu(
     """y_t = sum_n C_t h_t, h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, for S independent scans.
 
     All inputs float32 (or float64, for gradient checks) of one dtype; reverse runs every scan
-    from t = L-1 down, bidirectional flips that for direction s = 1 (S = 2, BiMamba). Raises RuntimeError when the kernel could not be built (build.error()),
-    TypeError for other dtypes, and XLA's error for shapes that disagree.
+    from t = L-1 down, bidirectional flips that for direction s = 1 (S = 2, BiMamba). Raises
+    RuntimeError when the kernel could not be built (build.error()), TypeError for other
+    dtypes; shapes that disagree fail in the kernel with a one-line INVALID_ARGUMENT.
     """
     return _forward(u, dt, A, B, C, reverse, bidirectional)
 
