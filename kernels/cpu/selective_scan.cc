@@ -132,9 +132,11 @@ std::string check_shapes(const Shape& s, ffi::Span<const int64_t> dt, ffi::Span<
   return "";
 }
 
-// The shape from u (S B L D) and A (S D N); an error message in `err` if their ranks are off.
+// The shape from u (S B L D) and A (S D N), with dt, B and C checked against it; an error
+// message in `err` if anything is off.
 template <typename Buf>
-Shape shape_of(const Buf& u, const Buf& A, int64_t d_block, std::string& err) {
+Shape shape_of(const Buf& u, const Buf& dt, const Buf& A, const Buf& Bm, const Buf& Cm,
+               int64_t d_block, std::string& err) {
   auto du = u.dimensions();
   if (du.size() != 4 || A.dimensions().size() != 3 || d_block < 1) {
     err = "u must be (S, B, L, D), A (S, D, N) and d_block >= 1";
@@ -142,6 +144,7 @@ Shape shape_of(const Buf& u, const Buf& A, int64_t d_block, std::string& err) {
   }
   Shape s{du[0], du[1], du[2], du[3], A.dimensions()[2], d_block, 0};
   s.P = (s.D + d_block - 1) / d_block;
+  err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(), Cm.dimensions());
   return s;
 }
 
@@ -312,9 +315,7 @@ ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
                     int64_t d_block) {
   using F = ffi::NativeType<T>;
   std::string err;
-  const Shape s = shape_of(u, A, d_block, err);
-  if (err.empty())
-    err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(), Cm.dimensions());
+  const Shape s = shape_of(u, dt, A, Bm, Cm, d_block, err);
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const F *pu = u.typed_data(), *pdt = dt.typed_data(), *pA = A.typed_data();
   const F *pB = Bm.typed_data(), *pC = Cm.typed_data();
@@ -340,9 +341,7 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
                     int64_t d_block) {
   using F = ffi::NativeType<T>;
   std::string err;
-  const Shape s = shape_of(u, A, d_block, err);
-  if (err.empty())
-    err = check_shapes(s, dt.dimensions(), A.dimensions(), Bm.dimensions(), Cm.dimensions());
+  const Shape s = shape_of(u, dt, A, Bm, Cm, d_block, err);
   if (err.empty() && !has_shape(dy.dimensions(), {s.S, s.B, s.L, s.D}))
     err = "dy must have u's shape (S, B, L, D)";
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
