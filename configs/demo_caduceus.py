@@ -23,8 +23,9 @@ def get_config() -> Config:
     cfg = load_config(os.path.join(os.path.dirname(__file__), "demo.py"))
     return dataclasses.replace(
         cfg,
-        # Caduceus-PS, 64 channels per strand x 4 layers (0.16M params), d_state 16 as PlantCAD.
-        model=sizes.get("caduceus_tiny", max_len=cfg.data.seq_len, unroll_layers=True),
+        # Caduceus-PS, 64 channels per strand x 2 layers (0.08M params), d_state 16 as PlantCAD.
+        model=sizes.get("caduceus_tiny", n_layers=2, max_len=cfg.data.seq_len,
+                        unroll_layers=True),
         # PlantCAD's masked LM: 15% of positions, 80/10/10, repeats weighted 0.1.
         data=dataclasses.replace(cfg.data, mode="mlm"),
         optim=dataclasses.replace(cfg.optim, lr=2e-3),
