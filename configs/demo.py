@@ -1,6 +1,6 @@
 """Demo: a small causal transformer trained and evaluated on the embedded simulated genomes, on a CPU.
 
-    python train.py --config configs/demo.py          # about 8 minutes on a 2-core CPU
+    python train.py --config configs/demo.py          # 8 min on the 2026-11-21 2-core CPU
     python train.py --config configs/demo.py train.max_minutes=8   # or: fit to a time budget
 
 Generates the simulated `demo` genome set (16 species x 200 kbp, a few seconds) into
@@ -9,12 +9,11 @@ data/sim_demo on first use, trains a fixed 1,515 steps (what fitted the 8-minute
 killed run resumes to the same losses, then scores conservation ROC AUC
 on the simulated set's small table (target >= 0.65) with the four-allele causal rule.
 
-Why a causal transformer and not PlantCAD's Caduceus-PS here: on a CPU the selective scan is
-the bottleneck (this model trains several times faster than caduceus_tiny), and the causal
-objective puts a loss on every position instead of 15% of them. The model has to see a few
-million tokens before it leaves the base-composition plateau; only this recipe gets there inside
-the budget. configs/demo_caduceus.py is the same demo with PlantCAD's Caduceus-PS and masked
-objective, the one to run on a GPU. Measured speeds and AUCs of both: BENCHMARKS.md, "Demo".
+The README's second example: configs/demo_caduceus.py, the first, is the same demo with
+PlantCAD's Caduceus-PS and masked objective. This one is a causal transformer, whose objective
+puts a loss on every position instead of 15% of them. Either model has to see a few million
+tokens before it leaves the base-composition plateau. Measured speeds and AUCs of both:
+BENCHMARKS.md, "Training: the demo".
 """
 
 from nanodna.config import Config, EvalConfig, OptimConfig, SimulateConfig, TrainConfig

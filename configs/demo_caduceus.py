@@ -1,15 +1,19 @@
-"""The CPU demo with PlantCAD's architecture: Caduceus-PS (BiMamba + RCPS) and the masked LM.
+"""The README's first command: PlantCAD's architecture, Caduceus-PS (BiMamba + RCPS), trained
+with PlantCAD's masked LM on the embedded simulated genomes, on a CPU.
 
-    python train.py --config configs/demo_caduceus.py
+    python train.py --config configs/demo_caduceus.py     # ~14 min on a 2-core CPU (2026-12-02)
 
-Same data, fixed step count (1,515) and schedule as configs/demo.py; only the model and
-objective change, and the layers run as a Python loop (unroll_layers: faster CPU steps). With
-the fused CPU scan kernel (kernels/cpu) it ran the 1,515 steps in 29 min on the 2-core CPU and
-ended at conservation ROC AUC 0.653 on the 400-row table; the AUC stays near 0.53-0.58 for the
-first 1,100 steps and climbs in the decay (BENCHMARKS.md, "Training: the demo"). Its steps
-run at ~0.7x the transformer demo's tokens/s; the masked objective puts a loss on only 15% of
-positions, so it needs the whole schedule to get there. A wall-clock budget stays available
-(train.max_minutes=60): the WSD run is then fitted to it once and the fit kept for resumes.
+Same data, fixed step count (1,515) and WSD schedule as configs/demo.py (the causal-transformer
+demo, the second example); only the model and objective change. Two layers, not four: in
+8-minute probes the 64 x 2 model learned as much per token as 64 x 4 (AUC 0.567 at 3.6M tokens
+against 0.574 at 4.5M) at 1.9x the tokens/s, and the AUC depends on tokens seen (probes over lr
+2e-3 to 1.2e-2, batch 16 or 32 and width 64 to 128 all ended near 0.54 after ~1.8M tokens).
+Measured from a fresh clone: 13 min 39 s in all, ending at conservation ROC AUC 0.651 on the
+400-row table (0.633 on the full table with eval.py); the AUC sits at 0.52-0.58 for the first
+1,100 steps and climbs in the decay (BENCHMARKS.md, "Training: the demo"). The layers run as a
+Python loop (unroll_layers: faster CPU steps), and the selective scan uses the fused CPU kernel
+(kernels/cpu) when a C++ compiler is there. A wall-clock budget stays available
+(train.max_minutes=10): the WSD run is then fitted to it once and the fit kept for resumes.
 """
 
 import dataclasses

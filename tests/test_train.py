@@ -14,7 +14,9 @@ import pytest
 
 from nanodna.checkpoint import load_model, saved_steps
 from nanodna.config import Config, EvalConfig, OptimConfig, TrainConfig
+from nanodna.models.rcps import rc_logits
 from nanodna.sim.simulate import simulate
+from nanodna.tokenizer import reverse_complement
 from nanodna.training import loop, memory, progress
 from nanodna.training.schedules import StepBudget
 from tests._fakes import FakeIterator, TinyConfig, build_tiny
@@ -148,13 +150,13 @@ def tiny_sim(tmp_path_factory):
     return out
 
 
-def _run_train(*args):
+def _run_train(*args, config="demo.py"):
     # One CPU device, and the tests' persistent compilation cache (faster reruns).
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "--config",
-         os.path.join(ROOT, "configs", "demo.py"), *map(str, args)],
+         os.path.join(ROOT, "configs", config), *map(str, args)],
         capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
 
 
@@ -190,6 +192,31 @@ def test_cli_end_to_end_and_load_model(tmp_path, tiny_sim):
     # A bad override is one line on stderr, exit code 2, no traceback.
     bad = _run_train("optim.lrr=1")
     assert bad.returncode == 2 and "optim.lrr" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_caduceus_demo_trains_an_rc_equivariant_masked_model(tmp_path, tiny_sim):
+    """The README's first command's config (Caduceus-PS, masked LM), shrunk: it trains, scores
+    the table, and the checkpoint is PlantCAD's architecture with exact RC equivariance."""
+    workdir = tmp_path / "run"
+    proc = _run_train(
+        "--workdir", workdir, f"simulate.dir={tiny_sim}", "model.d_model=16", "model.max_len=32",
+        "data.seq_len=32", "data.batch_size=8", "data.holdout_assemblies=['sim02']",
+        "data.eval_windows=16", "train.steps=3", "optim.warmup_steps=1", "train.log_every=1",
+        "eval.every=0", "eval.val_batches=1", "eval.max_rows=32", "eval.batch_size=16",
+        "train.progress=False", config="demo_caduceus.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(workdir)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    final = [r for r in rows if "eval/roc_auc" in r]
+    assert final and final[-1]["eval/n"] == 32 and np.isfinite(final[-1]["eval/val_loss"])
+
+    model, cfg, _ = load_model(str(workdir))
+    assert (cfg.model.arch, cfg.model.rcps, cfg.model.bidirectional, cfg.data.mode) == (
+        "caduceus", True, True, "mlm")
+    tokens = jax.random.randint(jax.random.key(1), (2, 32), 3, 7)
+    logits_rc = model(reverse_complement(tokens))
+    np.testing.assert_allclose(np.asarray(rc_logits(model(tokens))), np.asarray(logits_rc),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("table", ["missing.tsv", "bad.tsv"])
