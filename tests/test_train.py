@@ -214,8 +214,9 @@ def test_cli_caduceus_demo_trains_an_rc_equivariant_masked_model(tmp_path, tiny_
     assert (cfg.model.arch, cfg.model.rcps, cfg.model.bidirectional, cfg.data.mode) == (
         "caduceus", True, True, "mlm")
     tokens = jax.random.randint(jax.random.key(1), (2, 32), 3, 7)
-    logits_rc = model(reverse_complement(tokens))
-    np.testing.assert_allclose(np.asarray(rc_logits(model(tokens))), np.asarray(logits_rc),
+    logits, logits_rc = np.asarray(model(tokens)), np.asarray(model(reverse_complement(tokens)))
+    assert np.abs(logits - logits_rc).max() > 1e-2  # context matters: the check below can fail
+    np.testing.assert_allclose(np.asarray(rc_logits(jnp.asarray(logits))), logits_rc,
                                rtol=1e-5, atol=1e-5)
 
 
