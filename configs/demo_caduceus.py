@@ -4,10 +4,10 @@ with PlantCAD's masked LM on the embedded simulated genomes, on a CPU.
     python train.py --config configs/demo_caduceus.py     # ~14 min on a 2-core CPU (2026-12-02)
 
 Same data, fixed step count (1,515) and WSD schedule as configs/demo.py (the causal-transformer
-demo, the second example); only the model and objective change. Two layers, not four: in
-8-minute probes the 64 x 2 model learned as much per token as 64 x 4 (AUC 0.567 at 3.6M tokens
-against 0.574 at 4.5M) at 1.9x the tokens/s, and the AUC depends on tokens seen (probes over lr
-2e-3 to 1.2e-2, batch 16 or 32 and width 64 to 128 all ended near 0.54 after ~1.8M tokens).
+demo, the second example); only the model and objective change. Two layers, not four: the
+AUC depends on tokens seen (probes over lr 2e-3 to 1.2e-2, batch 16 or 32 and width 64 to 128
+all ended near 0.54 after ~1.8M tokens), and 64 x 2 learns as much per step as 64 x 4 did
+(AUC 0.578 vs 0.574 at step 1,100, 0.651 vs 0.653 at 1,515) at 1.9x the tokens/s.
 Measured from a fresh clone: 13 min 39 s in all, ending at conservation ROC AUC 0.651 on the
 400-row table (0.633 on the full table with eval.py); the AUC sits at 0.52-0.58 for the first
 1,100 steps and climbs in the decay (BENCHMARKS.md, "Training: the demo"). The layers run as a
