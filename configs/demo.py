@@ -1,6 +1,6 @@
 """Demo: a small causal transformer trained and evaluated on the embedded simulated genomes, on a CPU.
 
-    python train.py --config configs/demo.py          # 8 min on the 2026-11-21 2-core CPU
+    python train.py --config configs/demo.py    # 8 min on the 2026-11-21 VM, 21 min on 2026-12-02
     python train.py --config configs/demo.py train.max_minutes=8   # or: fit to a time budget
 
 Generates the simulated `demo` genome set (16 species x 200 kbp, a few seconds) into
