@@ -160,15 +160,18 @@ def _run_train(*args, config="demo.py"):
         capture_output=True, text=True, env=env, timeout=240, cwd=ROOT)
 
 
+def _shrunk(sim_dir) -> list[str]:
+    """Overrides that shrink a demo config to seconds on the tiny simulated set."""
+    return [f"simulate.dir={sim_dir}", "model.d_model=16", "model.max_len=32", "data.seq_len=32",
+            "data.batch_size=8", "data.holdout_assemblies=['sim02']", "data.eval_windows=16",
+            "optim.warmup_steps=1", "train.log_every=1", "eval.every=0", "eval.val_batches=1",
+            "eval.max_rows=32", "eval.batch_size=16", "train.progress=False"]
+
+
 def test_cli_end_to_end_and_load_model(tmp_path, tiny_sim):
     workdir = tmp_path / "run"
-    overrides = [
-        f"simulate.dir={tiny_sim}", "model.d_model=16", "model.n_layers=1", "model.max_len=32",
-        "data.seq_len=32", "data.batch_size=8", "data.holdout_assemblies=['sim02']",
-        "data.eval_windows=16", "train.steps=4", "optim.warmup_steps=1",
-        "train.checkpoint_every=2", "train.log_every=1", "eval.every=0", "eval.val_batches=1",
-        "eval.max_rows=32", "eval.batch_size=16", "train.progress=False",
-    ]
+    overrides = [*_shrunk(tiny_sim), "model.n_layers=1", "train.steps=4",
+                 "train.checkpoint_every=2"]
     proc = _run_train("--workdir", workdir, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parameters" in proc.stdout and "optim.lr = " in proc.stdout
@@ -198,12 +201,8 @@ def test_cli_caduceus_demo_trains_an_rc_equivariant_masked_model(tmp_path, tiny_
     """The README's first command's config (Caduceus-PS, masked LM), shrunk: it trains, scores
     the table, and the checkpoint is PlantCAD's architecture with exact RC equivariance."""
     workdir = tmp_path / "run"
-    proc = _run_train(
-        "--workdir", workdir, f"simulate.dir={tiny_sim}", "model.d_model=16", "model.max_len=32",
-        "data.seq_len=32", "data.batch_size=8", "data.holdout_assemblies=['sim02']",
-        "data.eval_windows=16", "train.steps=3", "optim.warmup_steps=1", "train.log_every=1",
-        "eval.every=0", "eval.val_batches=1", "eval.max_rows=32", "eval.batch_size=16",
-        "train.progress=False", config="demo_caduceus.py")
+    proc = _run_train("--workdir", workdir, *_shrunk(tiny_sim), "train.steps=3",
+                      config="demo_caduceus.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(workdir)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]

@@ -4,8 +4,8 @@ The shared library is built on first use with the machine's C++ compiler (`$CXX`
 else c++/clang++), `-O3 -march=native`, against the XLA FFI headers that ship with jaxlib
 (`jax.ffi.include_dir()`), and cached under `$NANODNA_KERNEL_CACHE` (default
 `~/.cache/nanodna/kernels`) by a hash of the source, the flags, the compiler, jax's version and
-the CPU (model and feature flags); a second process finds it there. Writes go to a temporary name and are renamed into
-place, so parallel test workers never load a half-written file.
+the CPU (model and feature flags); a second process finds it there. Writes go to a temporary
+name and are renamed into place, so parallel test workers never load a half-written file.
 
 `load()` returns the ctypes library, or None when no compiler works (then `error()` says why
 in one line, and a warning says it once): nanodna then runs the pure-JAX scan

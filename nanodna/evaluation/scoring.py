@@ -38,9 +38,9 @@ device mesh (as during training) has its batches split over that mesh.
 Inference paths (`inference_path`). "fast" (the default) is the scoring path: on CPU every
 selective scan runs forward only (the kernels/cpu kernel outside a backward pass or, without
 it, ops/scan_fwd.py's loop: no chunk-boundary states, nothing kept for a backward), the masked
-rule runs the LM head at the target position only
-(`model.logits_at`), and the batch size defaults to CPU_BATCH_SIZE (small batches waste
-less on padding the last batch and measured as fast per window as large ones on CPU). "old"
+rule runs the LM head at the target position only (`model.logits_at`), and the batch size
+defaults to CPU_BATCH_SIZE (small batches waste less on padding the last batch and measured as
+fast per window as large ones on CPU). "old"
 is the path before issue 10 (the model as trained, full logits), kept so benchmarks and tests
 can compare the two; both give the same scores to float32 round-off.
 
