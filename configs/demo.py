@@ -10,8 +10,8 @@ killed run resumes to the same losses, then scores conservation ROC AUC
 on the simulated set's small table (target >= 0.65) with the four-allele causal rule.
 
 This is the README's second example. Its first, configs/demo_caduceus.py, is the same demo with
-PlantCAD's Caduceus-PS and masked objective. This one is a causal transformer, whose objective
-puts a loss on every position instead of 15% of them. Either model has to see a few million
+PlantCAD's Caduceus-PS and masked objective, run for 2,200 steps. This one is a causal
+transformer, whose objective puts a loss on every position instead of 15% of them. Either model has to see a few million
 tokens before it leaves the base-composition plateau. Measured speeds and AUCs of both:
 BENCHMARKS.md, "Training: the demo".
 """
