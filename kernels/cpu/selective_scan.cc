@@ -3,8 +3,10 @@
 //
 // Why a kernel: an XLA while loop on CPU makes ~10 passes over a whole (S, B, D, N) state per
 // time step, from L2/L3 (BENCHMARKS.md, "Where a Caduceus-PS CPU training step's time goes").
-// Here the loop order is the other way round: for one (direction s, row b, channel d) the N
-// states live in registers for the whole sequence, so a step costs N exps and a few FMAs.
+// Here the loop order is the other way round: for one (direction s, row b) and a group of W
+// adjacent channels (one vector: W = 16 with AVX-512, else 8), the N states live in N vector
+// registers for the whole sequence, so a time step costs N vector exps and a few FMAs, reads
+// W contiguous u and dt, broadcasts the row's B_t and C_t, and writes W contiguous y.
 //
 // Maths (nanodna/ops/scan_vjp.py has the same, per s, b, d, n; a_t = exp(dt_t A)):
 //   h_t = a_t h_{t-1} + dt_t B_t u_t          y_t = sum_n C_t h_t
@@ -12,13 +14,17 @@
 //   du_t = dt_t sum_n g_t B_t                 ddt_t = sum_n g_t (A a_t h_{t-1} + B_t u_t)
 //   dB_t = sum_d g_t dt_t u_t                 dC_t = sum_d h_t dy_t
 //   dA = sum_{b,t} g_t h_{t-1} a_t dt_t
-// The backward replays one channel's forward (its L x N states, 2 x 32 KB at L 512, stay in
-// L1/L2), then runs the adjoint. No chunk-boundary states are saved: the replay is cheap.
+// The backward replays a channel group's forward into per-thread buffers of h_t and a_t
+// ((L + 1) x N and L x N vectors), then runs the adjoint. No chunk-boundary states are saved:
+// the replay is cheap. The sums over d in dB and dC are kept one lane per channel while a
+// block of channels runs and summed across lanes once at its end.
 //
 // Layout (row-major): u, dt, du, ddt, y (S, B, L, D); A (S, D, N); B, C (S, B, L, N).
 // Sums over d (dB, dC) are written per block of channels, (S, B, P, L, N), and per row for dA,
 // (S, B, D, N), so that threads never share an output; the caller sums those axes.
-// Work items are (s, b, channel block), spread over threads by an atomic counter.
+// Work items are (s, b, channel block), spread over threads by an atomic counter. float32 with
+// N in {4, 8, 16, 32, 64} takes the vector path; the channels of a block left over after its
+// groups of W, other N and float64 take the scalar path (same maths, one channel at a time).
 
 #include <algorithm>
 #include <atomic>
@@ -43,43 +49,65 @@ namespace {
 
 constexpr int64_t kMaxN = 256;  // largest state size the scalar path accepts
 
-// The float32 fast path works on N / 8 vectors of 8 lanes (GCC / Clang vector extensions: AVX
-// on x86-64, two NEON registers on arm64); other N and float64 take the scalar path.
+// The float32 fast paths use GCC / Clang vector extensions. The forward puts W adjacent
+// channels in one vector (W = 16, one 512-bit register, where the compiler targets AVX-512;
+// else 8: AVX, or two NEON registers on arm64) and keeps each of the N states in its own
+// vector; the backward puts the N states of one channel in N / 8 vectors of 8 lanes.
 using f32x8 = float __attribute__((vector_size(32)));
 using i32x8 = int32_t __attribute__((vector_size(32)));
+using f32x16 = float __attribute__((vector_size(64)));
+using i32x16 = int32_t __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+using f32xW = f32x16;
+#else
+using f32xW = f32x8;
+#endif
 
-inline f32x8 splat(float v) { return f32x8{} + v; }
-inline f32x8 load8(const float* p) {
-  f32x8 v;
+template <typename V> struct IntOf;
+template <> struct IntOf<f32x8> { using type = i32x8; };
+template <> struct IntOf<f32x16> { using type = i32x16; };
+template <typename V> constexpr int64_t kLanes = sizeof(V) / sizeof(float);
+
+template <typename V> inline V splat(float v) { return V{} + v; }
+template <typename V> inline V load(const float* p) {
+  V v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store8(float* p, f32x8 v) { __builtin_memcpy(p, &v, sizeof v); }
+template <typename V> inline void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
 // sum of the 8 lanes in a fixed pairwise order (no reassociation by the compiler)
 inline float lane_sum(f32x8 v) {
   return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
 }
+inline float lane_sum(f32x16 v) {  // lane i + 8 folded onto lane i first
+  f32x8 lo, hi;
+  __builtin_memcpy(&lo, &v, sizeof lo);
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  return lane_sum(lo + hi);
+}
 
-// exp of 8 floats: 2^k * p(r), x = k ln2 + r, |r| <= ln2 / 2, p the Cephes expf polynomial
+// exp of each lane: 2^k * p(r), x = k ln2 + r, |r| <= ln2 / 2, p the Cephes expf polynomial
 // (cephes/single/expf.c), relative error ~1e-7. x is clamped to [-87.3, 88.3] so that 2^k stays
 // a normal float: below, ~1e-38 instead of a denormal or 0; above, ~2e38 instead of inf. The
 // scan only ever asks for exp(dt A) with dt > 0 and A < 0, i.e. x <= 0.
-inline f32x8 exp8(f32x8 x) {
-  x = x < splat(-87.3f) ? splat(-87.3f) : x;
-  x = x > splat(88.3f) ? splat(88.3f) : x;
+template <typename V>
+inline V vexp(V x) {
+  using I = typename IntOf<V>::type;
+  x = x < splat<V>(-87.3f) ? splat<V>(-87.3f) : x;
+  x = x > splat<V>(88.3f) ? splat<V>(88.3f) : x;
   // k = round(x / ln2): adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
-  const f32x8 shifted = x * splat(1.44269504088896341f) + splat(12582912.0f);
-  const f32x8 k = shifted - splat(12582912.0f);
-  const i32x8 k_int = (i32x8)shifted - 0x4B400000;  // 0x4B400000: the bits of 1.5 * 2^23
-  const f32x8 r = x - k * splat(0.693359375f) + k * splat(2.12194440e-4f);  // x - k ln2, 2 parts
-  f32x8 p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  return p * (f32x8)((k_int + 127) << 23);  // p * 2^k, the exponent bits built directly
+  const V shifted = x * splat<V>(1.44269504088896341f) + splat<V>(12582912.0f);
+  const V k = shifted - splat<V>(12582912.0f);
+  const I k_int = (I)shifted - 0x4B400000;  // 0x4B400000: the bits of 1.5 * 2^23
+  const V r = x - k * splat<V>(0.693359375f) + k * splat<V>(2.12194440e-4f);  // x - k ln2
+  V p = splat<V>(1.9875691500e-4f);
+  p = p * r + splat<V>(1.3981999507e-3f);
+  p = p * r + splat<V>(8.3334519073e-3f);
+  p = p * r + splat<V>(4.1665795894e-2f);
+  p = p * r + splat<V>(1.6666665459e-1f);
+  p = p * r + splat<V>(5.0000001201e-1f);
+  p = p * r * r + r + splat<V>(1.0f);
+  return p * (V)((k_int + 127) << 23);  // p * 2^k, the exponent bits built directly
 }
 
 // Threads per call: $NANODNA_CPU_THREADS, else the cores this process may run on (taskset and
@@ -166,23 +194,26 @@ void forward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, cons
   }
 }
 
-// Vector path, float32, N = 8 NV: the same loop with the N states in NV registers.
-template <int NV>
-void forward_channel_f32x8(const Shape& s, const float* u, const float* dt, const float* A_N,
-                           const float* B, const float* C, float* y, int64_t d, bool reverse) {
-  constexpr int64_t N = 8 * NV;
+// Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
+// h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
+// W contiguous y: no strided loads and no sum across lanes.
+template <typename V, int64_t N>
+void forward_lanes(const Shape& s, const float* u, const float* dt, const float* A, const float* B,
+                   const float* C, float* y, int64_t d0, bool reverse) {
+  constexpr int64_t W = kLanes<V>;
   const int64_t L = s.L, D = s.D;
-  f32x8 h[NV] = {}, A[NV];
-  for (int v = 0; v < NV; ++v) A[v] = load8(A_N + 8 * v);
+  V A_n[N], h[N] = {};
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t w = 0; w < W; ++w) A_n[n][w] = A[(d0 + w) * N + n];
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = reverse ? L - 1 - i : i;
-    const float dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
-    f32x8 hC = {};
-    for (int v = 0; v < NV; ++v) {
-      h[v] = exp8(splat(dt_t) * A[v]) * h[v] + splat(x) * load8(B + t * N + 8 * v);
-      hC += h[v] * load8(C + t * N + 8 * v);
+    const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);
+    V acc = {};
+    for (int64_t n = 0; n < N; ++n) {
+      h[n] = vexp(dt_t * A_n[n]) * h[n] + x * B[t * N + n];
+      acc += h[n] * C[t * N + n];
     }
-    y[t * D + d] = lane_sum(hC);
+    store(y + t * D + d0, acc);
   }
 }
 
@@ -225,88 +256,121 @@ void backward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, con
   for (int64_t n = 0; n < N; ++n) dA_N[n] = dA[n];
 }
 
-// Vector path of backward_channel, float32, N = 8 NV.
-template <int NV>
-void backward_channel_f32x8(const Shape& s, const float* u, const float* dt, const float* A_N,
-                            const float* B, const float* C, const float* dy, float* du,
-                            float* ddt, float* dA_N, float* dB, float* dC, int64_t d,
-                            bool reverse, std::vector<float>& H, std::vector<float>& E) {
-  constexpr int64_t N = 8 * NV;
+// Vector path of the backward, float32, channels d0 .. d0 + W - 1 in lanes as in forward_lanes:
+// replay their forward into H (h_{t-1} and h_t) and E (a_t), (L + 1) x N and L x N vectors,
+// then the adjoint from the end. du, ddt written at [t, d0 .. d0 + W); dA (D, N) written at
+// rows d0 .. d0 + W - 1. The terms of dB and dC are added into PB, PC (L x N vectors, one lane
+// per channel), which backward_block sums over lanes once per block of channels.
+template <typename V, int64_t N>
+void backward_lanes(const Shape& s, const float* u, const float* dt, const float* A,
+                    const float* B, const float* C, const float* dy, float* du, float* ddt,
+                    float* dA, V* PB, V* PC, int64_t d0, bool reverse, std::vector<V>& H,
+                    std::vector<V>& E) {
+  constexpr int64_t W = kLanes<V>;
   const int64_t L = s.L, D = s.D;
-  H.resize((L + 1) * N);  // H[0] is h_{-1} = 0, H[i + 1] is h after step i
+  H.resize((L + 1) * N);  // H[0 .. N) is h_{-1} = 0, H[(i + 1) N ..) is h after step i
   E.resize(L * N);
-  f32x8 h[NV] = {}, A[NV];
-  for (int v = 0; v < NV; ++v) {
-    A[v] = load8(A_N + 8 * v);
-    store8(H.data() + 8 * v, h[v]);
+  V A_n[N], h[N] = {};
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t w = 0; w < W; ++w) A_n[n][w] = A[(d0 + w) * N + n];
+    H[n] = h[n];
   }
   for (int64_t i = 0; i < L; ++i) {  // replay
     const int64_t t = reverse ? L - 1 - i : i;
-    const float dt_t = dt[t * D + d], x = dt_t * u[t * D + d];
-    for (int v = 0; v < NV; ++v) {
-      const f32x8 a = exp8(splat(dt_t) * A[v]);
-      h[v] = a * h[v] + splat(x) * load8(B + t * N + 8 * v);
-      store8(E.data() + i * N + 8 * v, a);
-      store8(H.data() + (i + 1) * N + 8 * v, h[v]);
+    const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);
+    for (int64_t n = 0; n < N; ++n) {
+      const V a = vexp(dt_t * A_n[n]);
+      h[n] = a * h[n] + x * B[t * N + n];
+      E[i * N + n] = a;
+      H[(i + 1) * N + n] = h[n];
     }
   }
-  f32x8 ag[NV] = {}, dA[NV] = {};
+  V ag[N] = {}, dA_n[N] = {};  // ag = a_{t+1} g_{t+1}
   for (int64_t i = L - 1; i >= 0; --i) {  // adjoint
     const int64_t t = reverse ? L - 1 - i : i;
-    const float dt_t = dt[t * D + d], u_t = u[t * D + d], dy_t = dy[t * D + d];
-    f32x8 gB = {}, wA = {};
-    for (int v = 0; v < NV; ++v) {
-      const f32x8 a = load8(E.data() + i * N + 8 * v), B_v = load8(B + t * N + 8 * v);
-      const f32x8 g = ag[v] + splat(dy_t) * load8(C + t * N + 8 * v);
-      const f32x8 w = g * load8(H.data() + i * N + 8 * v) * a;
-      dA[v] += w * splat(dt_t);
-      gB += g * B_v;
-      wA += w * A[v];
-      store8(dB + t * N + 8 * v, load8(dB + t * N + 8 * v) + g * splat(dt_t * u_t));
-      store8(dC + t * N + 8 * v,
-             load8(dC + t * N + 8 * v) + load8(H.data() + (i + 1) * N + 8 * v) * splat(dy_t));
-      ag[v] = a * g;
+    const V dt_t = load<V>(dt + t * D + d0), u_t = load<V>(u + t * D + d0);
+    const V dy_t = load<V>(dy + t * D + d0), x = dt_t * u_t;
+    V gB = {}, wA = {};
+    for (int64_t n = 0; n < N; ++n) {
+      const V a = E[i * N + n];
+      const V g = ag[n] + dy_t * C[t * N + n];
+      const V w = g * H[i * N + n] * a;
+      dA_n[n] += w * dt_t;
+      gB += g * B[t * N + n];
+      wA += w * A_n[n];
+      PB[t * N + n] += g * x;
+      PC[t * N + n] += H[(i + 1) * N + n] * dy_t;
+      ag[n] = a * g;
     }
-    const float gB_sum = lane_sum(gB);
-    du[t * D + d] = dt_t * gB_sum;
-    ddt[t * D + d] = lane_sum(wA) + u_t * gB_sum;
+    store(du + t * D + d0, dt_t * gB);
+    store(ddt + t * D + d0, wA + u_t * gB);
   }
-  for (int v = 0; v < NV; ++v) store8(dA_N + 8 * v, dA[v]);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t w = 0; w < W; ++w) dA[(d0 + w) * N + n] = dA_n[n][w];
 }
 
-// Dispatch to the vector path for float32 with N in {8, 16, 32, 64}, else the scalar path.
+// Channels [d_begin, d_end) of one row: float32 with N in {4, 8, 16, 32, 64} takes the vector
+// path W channels at a time; the channels left over, other N and float64 the scalar path.
 template <typename F>
-void forward_any(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B, const F* C,
-                 F* y, int64_t d, bool reverse) {
+void forward_block(const Shape& s, const F* u, const F* dt, const F* A, const F* B, const F* C,
+                   F* y, int64_t d_begin, int64_t d_end, bool reverse) {
+  int64_t d = d_begin;
   if constexpr (std::is_same_v<F, float>) {
-    switch (s.N) {
-      case 8: return forward_channel_f32x8<1>(s, u, dt, A_N, B, C, y, d, reverse);
-      case 16: return forward_channel_f32x8<2>(s, u, dt, A_N, B, C, y, d, reverse);
-      case 32: return forward_channel_f32x8<4>(s, u, dt, A_N, B, C, y, d, reverse);
-      case 64: return forward_channel_f32x8<8>(s, u, dt, A_N, B, C, y, d, reverse);
+    constexpr int64_t W = kLanes<f32xW>;
+    for (; d + W <= d_end; d += W) {
+      switch (s.N) {
+        case 4: forward_lanes<f32xW, 4>(s, u, dt, A, B, C, y, d, reverse); continue;
+        case 8: forward_lanes<f32xW, 8>(s, u, dt, A, B, C, y, d, reverse); continue;
+        case 16: forward_lanes<f32xW, 16>(s, u, dt, A, B, C, y, d, reverse); continue;
+        case 32: forward_lanes<f32xW, 32>(s, u, dt, A, B, C, y, d, reverse); continue;
+        case 64: forward_lanes<f32xW, 64>(s, u, dt, A, B, C, y, d, reverse); continue;
+      }
+      break;  // another N: the scalar path below
     }
   }
-  forward_channel<F>(s, u, dt, A_N, B, C, y, d, reverse);
+  for (; d < d_end; ++d) forward_channel<F>(s, u, dt, A + d * s.N, B, C, y, d, reverse);
 }
 
+// Backward of channels [d_begin, d_end) of one row, as forward_block splits them. dA (D, N) is
+// written; dB, dC (L, N) are summed into.
 template <typename F>
-void backward_any(const Shape& s, const F* u, const F* dt, const F* A_N, const F* B, const F* C,
-                  const F* dy, F* du, F* ddt, F* dA_N, F* dB, F* dC, int64_t d, bool reverse,
-                  std::vector<F>& H, std::vector<F>& E) {
+void backward_block(const Shape& s, const F* u, const F* dt, const F* A, const F* B, const F* C,
+                    const F* dy, F* du, F* ddt, F* dA, F* dB, F* dC, int64_t d_begin,
+                    int64_t d_end, bool reverse) {
+  int64_t d = d_begin;
   if constexpr (std::is_same_v<F, float>) {
-    switch (s.N) {
-#define NANODNA_CASE(NV)                                                                    \
-  case 8 * NV:                                                                              \
-    return backward_channel_f32x8<NV>(s, u, dt, A_N, B, C, dy, du, ddt, dA_N, dB, dC, d, \
-                                      reverse, H, E);
-      NANODNA_CASE(1)
-      NANODNA_CASE(2)
-      NANODNA_CASE(4)
-      NANODNA_CASE(8)
+    using V = f32xW;
+    constexpr int64_t W = kLanes<V>;
+    const bool vector_n = s.N == 4 || s.N == 8 || s.N == 16 || s.N == 32 || s.N == 64;
+    if (vector_n && d_end - d_begin >= W) {
+      thread_local std::vector<V> H, E, PB, PC;
+      PB.assign(s.L * s.N, V{});
+      PC.assign(s.L * s.N, V{});
+      for (; d + W <= d_end; d += W) {
+        switch (s.N) {
+#define NANODNA_CASE(N)                                                                        \
+  case N:                                                                                      \
+    backward_lanes<V, N>(s, u, dt, A, B, C, dy, du, ddt, dA, PB.data(), PC.data(), d, reverse, \
+                         H, E);                                                                \
+    break;
+          NANODNA_CASE(4)
+          NANODNA_CASE(8)
+          NANODNA_CASE(16)
+          NANODNA_CASE(32)
+          NANODNA_CASE(64)
 #undef NANODNA_CASE
+        }
+      }
+      for (int64_t k = 0; k < s.L * s.N; ++k) {
+        dB[k] += lane_sum(PB[k]);
+        dC[k] += lane_sum(PC[k]);
+      }
     }
   }
-  backward_channel<F>(s, u, dt, A_N, B, C, dy, du, ddt, dA_N, dB, dC, d, reverse, H, E);
+  thread_local std::vector<F> H1, E1;
+  for (; d < d_end; ++d)
+    backward_channel<F>(s, u, dt, A + d * s.N, B, C, dy, du, ddt, dA + d * s.N, dB, dC, d,
+                        reverse, H1, E1);
 }
 
 template <ffi::DataType T>
@@ -324,11 +388,9 @@ ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
     const int64_t sb = item / s.P, p = item % s.P, sd = sb / s.B;
     const int64_t LD = s.L * s.D, LN = s.L * s.N;
     const bool rev = reverse != (bidirectional && sd == 1);
-    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); ++d) {
-      const F* A_N = pA + (sd * s.D + d) * s.N;
-      forward_any<F>(s, pu + sb * LD, pdt + sb * LD, A_N, pB + sb * LN, pC + sb * LN,
-                     py + sb * LD, d, rev);
-    }
+    forward_block<F>(s, pu + sb * LD, pdt + sb * LD, pA + sd * s.D * s.N, pB + sb * LN,
+                     pC + sb * LN, py + sb * LD, p * s.d_block,
+                     std::min(s.D, (p + 1) * s.d_block), rev);
   });
   return ffi::Error::Success();
 }
@@ -350,7 +412,6 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
   F *pdu = du->typed_data(), *pddt = ddt->typed_data(), *pdA = dA->typed_data();
   F *pdB = dB->typed_data(), *pdC = dC->typed_data();
   parallel_for(s.S * s.B * s.P, [&](int64_t item) {
-    thread_local std::vector<F> H, E;
     const int64_t sb = item / s.P, p = item % s.P, sd = sb / s.B;
     const int64_t LD = s.L * s.D, LN = s.L * s.N;
     const bool rev = reverse != (bidirectional && sd == 1);
@@ -358,13 +419,10 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
     F* dC_item = pdC + item * LN;
     std::fill(dB_item, dB_item + LN, F(0));
     std::fill(dC_item, dC_item + LN, F(0));
-    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); ++d) {
-      const F* A_N = pA + (sd * s.D + d) * s.N;
-      F* dA_N = pdA + (sb * s.D + d) * s.N;
-      backward_any<F>(s, pu + sb * LD, pdt + sb * LD, A_N, pB + sb * LN, pC + sb * LN,
-                      pdy + sb * LD, pdu + sb * LD, pddt + sb * LD, dA_N, dB_item, dC_item, d,
-                      rev, H, E);
-    }
+    backward_block<F>(s, pu + sb * LD, pdt + sb * LD, pA + sd * s.D * s.N, pB + sb * LN,
+                      pC + sb * LN, pdy + sb * LD, pdu + sb * LD, pddt + sb * LD,
+                      pdA + sb * s.D * s.N, dB_item, dC_item, p * s.d_block,
+                      std::min(s.D, (p + 1) * s.d_block), rev);
   });
   return ffi::Error::Success();
 }
