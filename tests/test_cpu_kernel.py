@@ -4,7 +4,8 @@ Parity of outputs and all gradients with the float64 reference, through nanodna.
 test_scan_vjp.py (impl "cpu"); here the kernel is called directly: float64 inputs (the scalar
 path, which must agree to rounding), the float32 vector path at every N it takes (66
 channels: groups of W = 8 or 16 channels, then two left over for the scalar path), a batch
-split over a mesh, vmap, and what a user sees when no compiler is there.
+split over a mesh, vmap, what a user sees when no compiler is there, and the gated
+inference op (bias + softplus, both directions, skip and gate in one pass).
 """
 
 import functools
@@ -16,6 +17,7 @@ import pytest
 
 from kernels import cpu as cpu_kernel
 from kernels.cpu import build
+from kernels.cpu.selective_scan import gated_unfused
 from nanodna.ops import random_scan_inputs, selective_scan, selective_scan_bidirectional
 from nanodna.ops.scan import bidirectional_scan_ref
 
@@ -161,3 +163,58 @@ def test_another_cpu_never_reuses_the_cached_library(monkeypatch):
     with pytest.raises(RuntimeError, match="could not build"):
         build._build()
     assert calls  # it tried to compile instead of loading this machine's library
+
+
+def gated_inputs(seed, Bsz, L, Dch, N):
+    """(u, dt_raw, A, B, C, bias, D, z) for the gated op, with wide dt_raw (both softplus
+    branches, exp(-|x|) down to ~1e-9) and wide z (both SiLU tails)."""
+    x = random_scan_inputs(jax.random.key(seed), Bsz, L, Dch, N, S=2)
+    wide = jax.random.normal(jax.random.key(seed + 1), x["delta"].shape) * 6.0
+    z = x["z"] * 8.0
+    return (x["u"], wide, x["A"], x["B"], x["C"], x["delta_bias"], x["D"], z)
+
+
+@pytest.mark.parametrize("N", [4, 16, 64])
+def test_gated_op_matches_the_unfused_composition_and_the_reference(N):
+    args = gated_inputs(20 + N, 3, 37, 64, N)  # 64 channels: 4 or 8 vectors of lanes
+    y = np.asarray(cpu_kernel.bidirectional_gated_scan_cpu(*args))
+    y_unfused = np.asarray(gated_unfused(*args))
+    assert np.isfinite(y).all() and (y != 0).mean() > 0.99  # every element written
+    np.testing.assert_allclose(y, y_unfused, rtol=1e-5, atol=1e-6 * np.abs(y_unfused).max())
+    u, dt_raw, A, B, C, bias, D, z = args
+    y_ref = bidirectional_scan_ref(u, dt_raw, A, B, C, D, z, bias, delta_softplus=True)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5 * np.abs(y_ref).max())
+
+
+def test_gated_op_gradient_is_the_unfused_gradient():
+    """Under a gradient the op is gated_unfused (the scan kernel's own backward): training
+    numbers do not change."""
+    args = gated_inputs(30, 2, 21, 32, 16)
+    w = jax.random.normal(jax.random.key(31), args[0].shape[1:])
+    loss = lambda fn: lambda *a: jnp.sum(fn(*a) * w)  # noqa: E731
+    argnums = tuple(range(8))
+    g = jax.jit(jax.grad(loss(cpu_kernel.bidirectional_gated_scan_cpu), argnums))(*args)
+    g_ref = jax.jit(jax.grad(loss(gated_unfused), argnums))(*args)
+    for name, a, b in zip("u dt_raw A B C bias D z".split(), g, g_ref, strict=True):
+        assert np.abs(np.asarray(b)).max() > 0, name
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+
+
+def test_bidirectional_scan_takes_the_gated_op_only_where_it_applies():
+    def targets(Dch, dtype=jnp.float32, **drop):
+        x = random_scan_inputs(jax.random.key(40), 2, 9, Dch, 16, dtype, S=2)
+        x.update(drop)
+        fn = lambda x: selective_scan_bidirectional(**x, delta_softplus=True, impl="cpu")  # noqa: E731
+        return str(jax.make_jaxpr(fn)(x))
+
+    assert "nanodna_scan_gated_fwd_f32" in targets(48)
+    assert "nanodna_scan_gated_fwd_f32" not in targets(40)  # 40 channels: not whole vectors
+    assert "nanodna_scan_gated_fwd_f32" not in targets(48, z=None)  # no gate
+    with jax.enable_x64(True):
+        assert "nanodna_scan_gated_fwd_f32" not in targets(48, jnp.float64)
+
+
+def test_gated_op_refuses_shapes_it_does_not_take():
+    args = list(gated_inputs(50, 1, 5, 12, 16))  # 12 channels: not a multiple of the lanes
+    with pytest.raises(Exception, match="divisible by"):
+        jax.block_until_ready(cpu_kernel.bidirectional_gated_scan_cpu(*args))

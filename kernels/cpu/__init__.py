@@ -8,6 +8,12 @@ package imports nothing from nanodna; its references are nanodna.ops.scan's.
 """
 
 from kernels.cpu.build import available, error
-from kernels.cpu.selective_scan import selective_scan_cpu, sharded_selective_scan_cpu
+from kernels.cpu.selective_scan import (
+    bidirectional_gated_scan_cpu,
+    gated_supported,
+    selective_scan_cpu,
+    sharded_selective_scan_cpu,
+)
 
-__all__ = ["available", "error", "selective_scan_cpu", "sharded_selective_scan_cpu"]
+__all__ = ["available", "bidirectional_gated_scan_cpu", "error", "gated_supported",
+           "selective_scan_cpu", "sharded_selective_scan_cpu"]

@@ -32,6 +32,7 @@ SOURCE = pathlib.Path(__file__).with_name("selective_scan.cc")
 TARGETS = {
     "NanodnaScanFwdF32": "nanodna_scan_fwd_f32",
     "NanodnaScanFwdF64": "nanodna_scan_fwd_f64",
+    "NanodnaScanGatedFwdF32": "nanodna_scan_gated_fwd_f32",
     "NanodnaScanBwdF32": "nanodna_scan_bwd_f32",
     "NanodnaScanBwdF64": "nanodna_scan_bwd_f64",
 }

@@ -110,6 +110,41 @@ inline V vexp(V x) {
   return p * (V)((k_int + 127) << 23);  // p * 2^k, the exponent bits built directly
 }
 
+// log(x) for x in [1, 2], the Cephes logf reduction and polynomial (cephes/single/logf.c):
+// x = 2^k m, f = m - 1 in [sqrt(1/2) - 1, sqrt(2) - 1], log x = f - f^2/2 + f^3 P(f) + k ln2.
+template <typename V>
+inline V vlog_1_2(V x) {
+  const auto big = x > splat<V>(1.41421356f);
+  const V f = big ? x * splat<V>(0.5f) - splat<V>(1.0f) : x - splat<V>(1.0f);
+  const V k = big ? splat<V>(1.0f) : splat<V>(0.0f);
+  const V z = f * f;
+  V p = splat<V>(7.0376836292e-2f);
+  p = p * f - splat<V>(1.1514610310e-1f);
+  p = p * f + splat<V>(1.1676998740e-1f);
+  p = p * f - splat<V>(1.2420140846e-1f);
+  p = p * f + splat<V>(1.4249322787e-1f);
+  p = p * f - splat<V>(1.6668057665e-1f);
+  p = p * f + splat<V>(2.0000714765e-1f);
+  p = p * f - splat<V>(2.4999993993e-1f);
+  p = p * f + splat<V>(3.3333331174e-1f);
+  const V r = f * z * p - k * splat<V>(2.12194440e-4f) - splat<V>(0.5f) * z;
+  return f + r + k * splat<V>(0.693359375f);
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), as jax.nn.softplus; log1p(e) = e log(1 + e) /
+// ((1 + e) - 1), which keeps its relative accuracy for tiny e (Goldberg's trick).
+template <typename V>
+inline V vsoftplus(V x) {
+  const V ax = x < splat<V>(0.0f) ? -x : x;
+  const V e = vexp(-ax), y = splat<V>(1.0f) + e, d = y - splat<V>(1.0f);
+  const V log1p_e = d == splat<V>(0.0f) ? e : vlog_1_2(y) * e / d;
+  return (x > splat<V>(0.0f) ? x : splat<V>(0.0f)) + log1p_e;
+}
+
+// silu(z) = z sigmoid(z) = z / (1 + exp(-z)); vexp's clamp keeps exp(-z) finite.
+template <typename V>
+inline V vsilu(V z) { return z / (splat<V>(1.0f) + vexp(-z)); }
+
 // Threads per call: $NANODNA_CPU_THREADS, else the cores this process may run on (taskset and
 // container CPU sets included, on Linux), else std::thread's count.
 int64_t max_threads() {
@@ -197,23 +232,50 @@ void forward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, cons
 // Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
 // h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
 // W contiguous y: no strided loads and no sum across lanes.
+// With `dt_bias` (inference, scan_gated_fwd) dt holds the raw step size: softplus(dt + bias)
+// is taken on the fly. `add`: y += the scan instead of y = (the second direction's pass).
 template <typename V, int64_t N>
 void forward_lanes(const Shape& s, const float* u, const float* dt, const float* A, const float* B,
-                   const float* C, float* y, int64_t d0, bool reverse) {
+                   const float* C, float* y, int64_t d0, bool reverse,
+                   const float* dt_bias = nullptr, bool add = false) {
   constexpr int64_t W = kLanes<V>;
   const int64_t L = s.L, D = s.D;
   V A_n[N], h[N] = {};
   for (int64_t n = 0; n < N; ++n)
     for (int64_t w = 0; w < W; ++w) A_n[n][w] = A[(d0 + w) * N + n];
+  const V bias = dt_bias ? load<V>(dt_bias + d0) : V{};
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = reverse ? L - 1 - i : i;
-    const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);
+    V dt_t = load<V>(dt + t * D + d0);
+    if (dt_bias) dt_t = vsoftplus(dt_t + bias);
+    const V x = dt_t * load<V>(u + t * D + d0);
     V acc = {};
     for (int64_t n = 0; n < N; ++n) {
       h[n] = vexp(dt_t * A_n[n]) * h[n] + x * B[t * N + n];
       acc += h[n] * C[t * N + n];
     }
+    if (add) acc += load<V>(y + t * D + d0);
     store(y + t * D + d0, acc);
+  }
+}
+
+// Inference for BiMamba, channels d0 .. d0 + W - 1 of row b: both directions (dt raw, bias and
+// softplus on the fly), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z) in place. u[s],
+// dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N); bias, Dskip (2, D).
+template <typename V, int64_t N>
+void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
+                 const float* A, const float* const B[2], const float* const C[2],
+                 const float* bias, const float* Dskip, const float* z, float* y, int64_t b,
+                 int64_t d0) {
+  const int64_t L = s.L, D = s.D, LD = L * D, LN = L * s.N;
+  for (int64_t sd = 0; sd < 2; ++sd)  // direction 0 forward, 1 reverse (and added)
+    forward_lanes<V, N>(s, u[sd] + b * LD, dt[sd] + b * LD, A + sd * D * N, B[sd] + b * LN,
+                        C[sd] + b * LN, y + b * LD, d0, sd == 1, bias + sd * D, sd == 1);
+  const V D0 = load<V>(Dskip + d0), D1 = load<V>(Dskip + D + d0);
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t k = b * LD + t * D + d0;
+    const V skip = D0 * load<V>(u[0] + k) + D1 * load<V>(u[1] + k);
+    store(y + k, (load<V>(y + k) + skip) * vsilu(load<V>(z + k)));
   }
 }
 
@@ -395,6 +457,64 @@ ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
   return ffi::Error::Success();
 }
 
+// Inference for BiMamba, float32: y (B, L, D) = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z)
+// with dt = softplus(dt_raw + bias), in one pass. Each direction's u, dt (B, L, D) and B, C
+// (B, L, N) come as separate buffers (no stacked copy); A (2, D, N), bias and D (2, D). D must
+// divide by the vector width W and N be in {4, 8, 16, 32, 64} (the caller checks; other
+// shapes run the unfused path). Work items are (row, channel block), both directions in one.
+using F32Buf = ffi::Buffer<ffi::F32>;
+ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
+                          F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
+                          ffi::ResultBuffer<ffi::F32> y, int64_t d_block) {
+  using V = f32xW;
+  constexpr int64_t W = kLanes<V>;
+  const auto du = u0.dimensions(), dA = A.dimensions();
+  std::string err;
+  if (du.size() != 3 || dA.size() != 3 || d_block < 1) err = "u must be (B, L, D), A (2, D, N)";
+  const Shape s = err.empty() ? Shape{2, du[0], du[1], du[2], dA[2], d_block,
+                                      (du[2] + d_block - 1) / d_block}
+                              : Shape{};
+  for (const F32Buf* x : {&u1, &dt0, &dt1, &z})
+    if (err.empty() && !has_shape(x->dimensions(), {s.B, s.L, s.D}))
+      err = "u, dt and z must all be (B, L, D)";
+  for (const F32Buf* x : {&B0, &B1, &C0, &C1})
+    if (err.empty() && !has_shape(x->dimensions(), {s.B, s.L, s.N}))
+      err = "B and C must be (B, L, N) with A's N";
+  if (err.empty() && (!has_shape(dA, {2, s.D, s.N}) || !has_shape(bias.dimensions(), {2, s.D}) ||
+                      !has_shape(Dskip.dimensions(), {2, s.D})))
+    err = "A must be (2, D, N), bias and D (2, D)";
+  if (err.empty() && (s.D % W || d_block % W))
+    err = "the gated scan needs D and d_block divisible by " + std::to_string(W);
+  if (err.empty() && !(s.N == 4 || s.N == 8 || s.N == 16 || s.N == 32 || s.N == 64))
+    err = "the gated scan needs N in {4, 8, 16, 32, 64}";
+  if (!err.empty()) return ffi::Error::InvalidArgument(err);
+  const float* const pu[2] = {u0.typed_data(), u1.typed_data()};
+  const float* const pdt[2] = {dt0.typed_data(), dt1.typed_data()};
+  const float* const pB[2] = {B0.typed_data(), B1.typed_data()};
+  const float* const pC[2] = {C0.typed_data(), C1.typed_data()};
+  const float *pA = A.typed_data(), *pbias = bias.typed_data(), *pD = Dskip.typed_data();
+  const float* pz = z.typed_data();
+  float* py = y->typed_data();
+  parallel_for(s.B * s.P, [&](int64_t item) {
+    const int64_t b = item / s.P, p = item % s.P;
+    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W) {
+      switch (s.N) {
+#define NANODNA_CASE(N)                                                        \
+  case N:                                                                      \
+    gated_lanes<V, N>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, b, d); \
+    break;
+        NANODNA_CASE(4)
+        NANODNA_CASE(8)
+        NANODNA_CASE(16)
+        NANODNA_CASE(32)
+        NANODNA_CASE(64)
+#undef NANODNA_CASE
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
 template <ffi::DataType T>
 ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::Buffer<T> Bm,
                     ffi::Buffer<T> Cm, ffi::Buffer<T> dy, ffi::ResultBuffer<T> du,
@@ -456,5 +576,21 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF32, scan_fwd<ffi::F32>, NANODNA_BIND_FWD(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF64, scan_fwd<ffi::F64>, NANODNA_BIND_FWD(ffi::F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedFwdF32, scan_gated_fwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32Buf>()  // u0
+                                  .Arg<F32Buf>()  // u1
+                                  .Arg<F32Buf>()  // dt0
+                                  .Arg<F32Buf>()  // dt1
+                                  .Arg<F32Buf>()  // A
+                                  .Arg<F32Buf>()  // B0
+                                  .Arg<F32Buf>()  // B1
+                                  .Arg<F32Buf>()  // C0
+                                  .Arg<F32Buf>()  // C1
+                                  .Arg<F32Buf>()  // bias
+                                  .Arg<F32Buf>()  // D
+                                  .Arg<F32Buf>()  // z
+                                  .Ret<F32Buf>()
+                                  .Attr<int64_t>("d_block"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF32, scan_bwd<ffi::F32>, NANODNA_BIND_BWD(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF64, scan_bwd<ffi::F64>, NANODNA_BIND_BWD(ffi::F64));

@@ -7,6 +7,9 @@ autodiff). bidirectional runs direction s = 1 the other way round (BiMamba's rev
 the sequence's own coordinates: no flips). Its backward is the kernel's hand-written adjoint;
 undifferentiated calls (scoring) run the forward only. `sharded_selective_scan_cpu` runs it
 per device when the batch is split over a mesh (XLA cannot partition a custom call).
+`bidirectional_gated_scan_cpu` is BiMamba's whole scan block (bias + softplus of dt, both
+directions, D skip, SiLU gate) as one kernel pass when it is not differentiated (scoring,
+evaluation); under a gradient it is the same composition of the pieces above.
 
 Glossary: S directions stacked, B batch, L length, D channels, N state size, P channel blocks.
 """
@@ -98,6 +101,65 @@ def _bwd(reverse, bidirectional, res, dy):
 
 
 selective_scan_cpu.defvjp(_fwd, _bwd)
+
+
+GATED_D_MULTIPLE = 16  # the gated kernel's channels divide into vectors of 8 or 16 lanes
+GATED_N = (4, 8, 16, 32, 64)
+
+
+def gated_supported(u: jax.Array, A: jax.Array) -> bool:
+    """Whether bidirectional_gated_scan_cpu takes these (S, B, L, D) / (S, D, N) shapes:
+    float32, D a multiple of 16, N in GATED_N."""
+    return (u.dtype == jnp.float32 and u.shape[-1] % GATED_D_MULTIPLE == 0
+            and A.shape[-1] in GATED_N and D_BLOCK % GATED_D_MULTIPLE == 0)
+
+
+def gated_unfused(u, dt_raw, A, B, C, bias, D, z):
+    """(y_fwd + y_rev + D_0 u_0 + D_1 u_1) * silu(z), dt = softplus(dt_raw + bias), from
+    selective_scan_cpu and XLA elementwise ops: the differentiable form of the gated kernel."""
+    dt = jax.nn.softplus(dt_raw + bias[:, None, None, :])
+    y = selective_scan_cpu(u, dt, A, B, C, False, True)
+    return (y[0] + y[1] + u[0] * D[0] + u[1] * D[1]) * jax.nn.silu(z)
+
+
+@jax.custom_vjp
+def bidirectional_gated_scan_cpu(
+    u: Float[Array, "2 B L D"],
+    dt_raw: Float[Array, "2 B L D"],
+    A: Float[Array, "2 D N"],
+    B: Float[Array, "2 B L N"],
+    C: Float[Array, "2 B L N"],
+    bias: Float[Array, "2 D"],
+    D: Float[Array, "2 D"],
+    z: Float[Array, "B L D"],
+) -> Float[Array, "B L D"]:
+    """BiMamba's tied scan block, float32: direction 0 forward, 1 reverse (sequence order),
+    dt = softplus(dt_raw + bias) per direction, out (y_0 + y_1 + D_0 u_0 + D_1 u_1) silu(z).
+
+    Undifferentiated (scoring) it is one kernel pass: no softplus, stack, skip or gate passes
+    over (B, L, D) arrays in XLA. Under a gradient, forward and backward are `gated_unfused`'s
+    (the kernel's scan and its hand-written backward), so training sees the same numbers as
+    before this op existed; the two forms agree to float32 rounding. Shapes must pass
+    `gated_supported` (the kernel answers others with a one-line INVALID_ARGUMENT).
+    """
+    if build.load() is None:
+        raise RuntimeError(f"the CPU scan kernel is unavailable: {build.error()}")
+    call = jax.ffi.ffi_call("nanodna_scan_gated_fwd_f32", jax.ShapeDtypeStruct(z.shape, z.dtype),
+                            vmap_method="sequential")
+    # Each direction as its own buffer: XLA then drops the caller's stack (no stacked copy).
+    return call(u[0], u[1], dt_raw[0], dt_raw[1], A, B[0], B[1], C[0], C[1], bias, D, z,
+                d_block=np.int64(D_BLOCK))
+
+
+def _gated_fwd(*args):
+    return jax.vjp(gated_unfused, *args)  # (output, its vjp function: a pytree of residuals)
+
+
+def _gated_bwd(vjp_fn, dy):
+    return vjp_fn(dy)
+
+
+bidirectional_gated_scan_cpu.defvjp(_gated_fwd, _gated_bwd)
 
 
 def sharded_selective_scan_cpu(

@@ -211,6 +211,22 @@ def resolve_impl(impl: str) -> str:
     return "cpu" if cpu_kernel.available() else "chunked_vjp"
 
 
+def _gated_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """BiMamba's whole scan block as kernels/cpu's gated op (one pass when not differentiated),
+    or None where it does not apply: no skip, gate, bias or softplus, a batch split over a
+    mesh, a state dtype other than float32, or shapes the gated kernel does not take."""
+    if D is None or z is None or delta_bias is None or not delta_softplus:
+        return None
+    if state_dtype(u.dtype) != jnp.float32 or batch_mesh(u, batch_axis=1) is not None:
+        return None
+    if not cpu_kernel.gated_supported(u.astype(jnp.float32), A):
+        return None
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    y_BLD = cpu_kernel.bidirectional_gated_scan_cpu(
+        f32(u), f32(delta), f32(A), f32(B), f32(C), f32(delta_bias), f32(D), f32(z))
+    return y_BLD.astype(u.dtype)
+
+
 def _scan_cpu(u, dt, A, B, C, reverse: bool = False, bidirectional: bool = False):
     """kernels/cpu's scan on (S, B, L, D) inputs, per device when the batch is split."""
     on_mesh = batch_mesh(u, batch_axis=1)
@@ -313,7 +329,9 @@ def selective_scan_bidirectional(
     Every input is in the sequence's own coordinates (S=1 is not flipped). With impl "pallas"
     or "cpu" both directions run in one fused kernel call (under shard_map when the batch is
     split over a mesh), with "chunked_vjp" / "fwd" in one XLA loop; otherwise two
-    selective_scan calls.
+    selective_scan calls. With "cpu", skip, gate, bias and softplus, float32 state and
+    unsplit batches the call is kernels/cpu's gated op: softplus, both scans, skip and gate
+    in one pass when nothing differentiates it (`_gated_cpu`).
     """
     impl = resolve_impl(impl)
     if impl == "pallas":
@@ -323,6 +341,10 @@ def selective_scan_bidirectional(
             return sharded_bidirectional_scan(*on_mesh, u, delta, A, B, C, **kw)
         return bidirectional_scan_pallas(u, delta, A, B, C, **kw)
     pick = lambda x, s: None if x is None else x[s]  # noqa: E731
+    if impl == "cpu":  # the whole block in one kernel pass, where it applies
+        y_BLD = _gated_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if y_BLD is not None:
+            return y_BLD
     if impl in ("chunked_vjp", "fwd", "cpu"):  # both directions in one loop; one gate
         per_dir = [_prepare(u[s], delta[s], A[s], B[s], C[s], None, None, pick(delta_bias, s),
                             delta_softplus) for s in (0, 1)]
