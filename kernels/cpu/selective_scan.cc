@@ -371,6 +371,20 @@ void backward_lanes(const Shape& s, const float* u, const float* dt, const float
     for (int64_t w = 0; w < W; ++w) dA[(d0 + w) * N + n] = dA_n[n][w];
 }
 
+// The state sizes the vector path is compiled for: fn(Nc) with Nc an
+// std::integral_constant<int64_t, N> for N in {4, 8, 16, 32, 64}; false (fn not called) else.
+template <typename Fn>
+bool with_vector_n(int64_t N, Fn fn) {
+  switch (N) {
+    case 4: fn(std::integral_constant<int64_t, 4>{}); return true;
+    case 8: fn(std::integral_constant<int64_t, 8>{}); return true;
+    case 16: fn(std::integral_constant<int64_t, 16>{}); return true;
+    case 32: fn(std::integral_constant<int64_t, 32>{}); return true;
+    case 64: fn(std::integral_constant<int64_t, 64>{}); return true;
+  }
+  return false;
+}
+
 // Channels [d_begin, d_end) of one row: float32 with N in {4, 8, 16, 32, 64} takes the vector
 // path W channels at a time; the channels left over, other N and float64 the scalar path.
 template <typename F>
@@ -380,14 +394,10 @@ void forward_block(const Shape& s, const F* u, const F* dt, const F* A, const F*
   if constexpr (std::is_same_v<F, float>) {
     constexpr int64_t W = kLanes<f32xW>;
     for (; d + W <= d_end; d += W) {
-      switch (s.N) {
-        case 4: forward_lanes<f32xW, 4>(s, u, dt, A, B, C, y, d, reverse); continue;
-        case 8: forward_lanes<f32xW, 8>(s, u, dt, A, B, C, y, d, reverse); continue;
-        case 16: forward_lanes<f32xW, 16>(s, u, dt, A, B, C, y, d, reverse); continue;
-        case 32: forward_lanes<f32xW, 32>(s, u, dt, A, B, C, y, d, reverse); continue;
-        case 64: forward_lanes<f32xW, 64>(s, u, dt, A, B, C, y, d, reverse); continue;
-      }
-      break;  // another N: the scalar path below
+      const bool done = with_vector_n(s.N, [&](auto Nc) {
+        forward_lanes<f32xW, decltype(Nc)::value>(s, u, dt, A, B, C, y, d, reverse);
+      });
+      if (!done) break;  // another N: the scalar path below
     }
   }
   for (; d < d_end; ++d) forward_channel<F>(s, u, dt, A + d * s.N, B, C, y, d, reverse);
@@ -403,26 +413,15 @@ void backward_block(const Shape& s, const F* u, const F* dt, const F* A, const F
   if constexpr (std::is_same_v<F, float>) {
     using V = f32xW;
     constexpr int64_t W = kLanes<V>;
-    const bool vector_n = s.N == 4 || s.N == 8 || s.N == 16 || s.N == 32 || s.N == 64;
-    if (vector_n && d_end - d_begin >= W) {
+    if (with_vector_n(s.N, [](auto) {}) && d_end - d_begin >= W) {
       thread_local std::vector<V> H, E, PB, PC;
       PB.assign(s.L * s.N, V{});
       PC.assign(s.L * s.N, V{});
-      for (; d + W <= d_end; d += W) {
-        switch (s.N) {
-#define NANODNA_CASE(N)                                                                        \
-  case N:                                                                                      \
-    backward_lanes<V, N>(s, u, dt, A, B, C, dy, du, ddt, dA, PB.data(), PC.data(), d, reverse, \
-                         H, E);                                                                \
-    break;
-          NANODNA_CASE(4)
-          NANODNA_CASE(8)
-          NANODNA_CASE(16)
-          NANODNA_CASE(32)
-          NANODNA_CASE(64)
-#undef NANODNA_CASE
-        }
-      }
+      for (; d + W <= d_end; d += W)
+        with_vector_n(s.N, [&](auto Nc) {
+          backward_lanes<V, decltype(Nc)::value>(s, u, dt, A, B, C, dy, du, ddt, dA, PB.data(),
+                                                 PC.data(), d, reverse, H, E);
+        });
       for (int64_t k = 0; k < s.L * s.N; ++k) {
         dB[k] += lane_sum(PB[k]);
         dC[k] += lane_sum(PC[k]);
@@ -485,7 +484,7 @@ ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A
     err = "A must be (2, D, N), bias and D (2, D)";
   if (err.empty() && (s.D % W || d_block % W))
     err = "the gated scan needs D and d_block divisible by " + std::to_string(W);
-  if (err.empty() && !(s.N == 4 || s.N == 8 || s.N == 16 || s.N == 32 || s.N == 64))
+  if (err.empty() && !with_vector_n(s.N, [](auto) {}))
     err = "the gated scan needs N in {4, 8, 16, 32, 64}";
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const float* const pu[2] = {u0.typed_data(), u1.typed_data()};
@@ -497,20 +496,10 @@ ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A
   float* py = y->typed_data();
   parallel_for(s.B * s.P, [&](int64_t item) {
     const int64_t b = item / s.P, p = item % s.P;
-    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W) {
-      switch (s.N) {
-#define NANODNA_CASE(N)                                                        \
-  case N:                                                                      \
-    gated_lanes<V, N>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, b, d); \
-    break;
-        NANODNA_CASE(4)
-        NANODNA_CASE(8)
-        NANODNA_CASE(16)
-        NANODNA_CASE(32)
-        NANODNA_CASE(64)
-#undef NANODNA_CASE
-      }
-    }
+    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
+      with_vector_n(s.N, [&](auto Nc) {
+        gated_lanes<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, b, d);
+      });
   });
   return ffi::Error::Success();
 }

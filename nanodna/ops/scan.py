@@ -23,8 +23,10 @@ Implementations (`impl=`):
     "fwd"      inference only (ops/scan_fwd.py): one plain loop over the whole sequence that
                keeps nothing for a backward pass; what scoring runs on CPU without the kernel.
     "cpu"      the fused C++ kernel in kernels/cpu (XLA FFI, forward and hand-written backward,
-               each channel's states in registers), built on first use with the machine's C++
-               compiler; under shard_map when the batch is split over a mesh.
+               a group of channels' states in registers), built on first use with the
+               machine's C++ compiler; under shard_map when the batch is split over a mesh.
+               BiMamba's whole block (bias + softplus, both scans, skip, gate) is one kernel
+               pass when nothing differentiates it (scoring, evaluation; `_gated_cpu`).
     "assoc"    one associative scan over the whole sequence (for benchmarks).
     "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU); when
                the inputs are split over a multi-device mesh it runs per device under shard_map.
