@@ -49,10 +49,10 @@ namespace {
 
 constexpr int64_t kMaxN = 256;  // largest state size the scalar path accepts
 
-// The float32 fast paths use GCC / Clang vector extensions. The forward puts W adjacent
+// The float32 fast paths use GCC / Clang vector extensions. Forward and backward put W adjacent
 // channels in one vector (W = 16, one 512-bit register, where the compiler targets AVX-512;
-// else 8: AVX, or two NEON registers on arm64) and keeps each of the N states in its own
-// vector; the backward puts the N states of one channel in N / 8 vectors of 8 lanes.
+// else 8: AVX, or two NEON registers on arm64) and keep each of the N states in its own
+// vector.
 using f32x8 = float __attribute__((vector_size(32)));
 using i32x8 = int32_t __attribute__((vector_size(32)));
 using f32x16 = float __attribute__((vector_size(64)));
