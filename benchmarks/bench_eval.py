@@ -35,7 +35,6 @@ from nanodna import tokenizer
 from nanodna.evaluation import scoring
 from nanodna.evaluation.tables import EvalTable, default_pos
 from nanodna.models import build_model, sizes
-from nanodna.models.build import with_scan_impl
 
 
 def random_table(rows: int, seq_len: int, seed: int = 0) -> EvalTable:
@@ -80,8 +79,7 @@ def compare_paths(args) -> None:
             overrides["n_layers"] = args.n_layers
         cfg = sizes.get(size, **overrides)
         model = build_model(cfg, jax.random.key(0))
-        old_model = with_scan_impl(model, "chunked_vjp")  # a transformer comes back unchanged
-        runs = {"old": (old_model, {"batch_size": args.old_batch_size, "inference_path": "old"}),
+        runs = {"old": (model, {"batch_size": args.old_batch_size, "inference_path": "old"}),
                 "fast": (model, {"batch_size": args.fast_batch_size, "inference_path": "fast"})}
         for m, kw in runs.values():  # compile
             scoring.score_table(m, cfg, table, **kw)

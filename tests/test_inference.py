@@ -99,6 +99,27 @@ def test_fast_path_scores_equal_old_path(rng, name):
     np.testing.assert_array_equal(fast.window_pos_R, old.window_pos_R)
 
 
+def test_old_path_runs_the_pre_issue_10_scan():
+    """eval.py --inference-path old is the baseline the issue measured: on CPU, where "auto"
+    now picks kernels/cpu, the old path runs the chunked_vjp XLA scan it ran then; the fast
+    path keeps the kernel."""
+    from nanodna.ops.scan import resolve_impl
+
+    cfg = ModelConfig(d_model=16, n_layers=1, max_len=24, arch="caduceus", rcps=True)
+    model = build_model(cfg, jax.random.key(0))
+
+    def impls(m):
+        ssms = [x for x in jax.tree.leaves(m, is_leaf=lambda x: hasattr(x, "scan_impl"))
+                if hasattr(x, "scan_impl")]
+        return {x.scan_impl for x in ssms}
+
+    assert impls(model) == {"auto"}  # both directions' SSMs are found
+    if resolve_impl("auto") != "cpu":
+        pytest.skip("no CPU kernel here: the old and fast paths share the XLA scan")
+    assert impls(scoring.old_model(model)) == {"chunked_vjp"}
+    assert impls(scoring.inference_model(model)) == {"auto"}
+
+
 def test_logits_at_is_the_full_logits_at_pos(rng):
     for kw in CASES.values():
         cfg = ModelConfig(d_model=16, n_layers=1, max_len=20, **kw)

@@ -41,8 +41,9 @@ it, ops/scan_fwd.py's loop: no chunk-boundary states, nothing kept for a backwar
 rule runs the LM head at the target position only (`model.logits_at`), and the batch size
 defaults to CPU_BATCH_SIZE (small batches waste less on padding the last batch and measured as
 fast per window as large ones on CPU). "old"
-is the path before issue 10 (the model as trained, full logits), kept so benchmarks and tests
-can compare the two; both give the same scores to float32 round-off.
+is the path before issue 10 (full logits, the XLA chunked_vjp scan where "auto" now picks
+kernels/cpu: `old_model`), kept so that eval.py, benchmarks and tests can compare the two on
+one command; both give the same scores to float32 round-off.
 
 Glossary: B windows in a batch, L window length, V vocabulary (8), 4 the four alleles a/c/g/t
 (4B: the B x 4 allele copies folded into the batch, row b*4 + k), R rows of the table.
@@ -179,6 +180,15 @@ def inference_model(model):
     return with_scan_impl(model, "fwd")
 
 
+def old_model(model):
+    """The model as the pre-issue-10 path ran it: on CPU "auto" then meant the chunked_vjp XLA
+    scan (there was no kernel), so a model that would now take kernels/cpu gets that scan
+    back; elsewhere the model as it is. Same arrays, same function."""
+    if resolve_impl("auto") == "cpu":
+        return with_scan_impl(model, "chunked_vjp")
+    return model
+
+
 def default_batch_size() -> int:
     """Windows per call when none is given: CPU_BATCH_SIZE on CPU, ACCEL_BATCH_SIZE on GPU/TPU."""
     return ACCEL_BATCH_SIZE if resolve_impl("auto") == "pallas" else CPU_BATCH_SIZE
@@ -247,8 +257,7 @@ def score_table(
         strand_average = default_strand_average(model_cfg)
     max_len = model_cfg.max_len
     model = eqx.nn.inference_mode(model)  # dropout off, if the model has any
-    if fast:
-        model = inference_model(model)
+    model = inference_model(model) if fast else old_model(model)
     sharding = batch_sharding(model)
     if sharding is not None:  # every device gets an equal slice of each batch
         n_dev = sharding.mesh.size
