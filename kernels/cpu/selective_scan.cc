@@ -229,6 +229,16 @@ void forward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, cons
   }
 }
 
+// A (D, N) rows d0 .. d0 + W - 1 as N vectors of W lanes: A_n[n][w] = A[d0 + w, n].
+template <typename V, int64_t N>
+void A_lanes(const float* A, int64_t d0, V (&A_n)[N]) {
+  float column[kLanes<V>];
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t w = 0; w < kLanes<V>; ++w) column[w] = A[(d0 + w) * N + n];
+    A_n[n] = load<V>(column);
+  }
+}
+
 // Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
 // h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
 // W contiguous y: no strided loads and no sum across lanes.
@@ -238,11 +248,9 @@ template <typename V, int64_t N>
 void forward_lanes(const Shape& s, const float* u, const float* dt, const float* A, const float* B,
                    const float* C, float* y, int64_t d0, bool reverse,
                    const float* dt_bias = nullptr, bool add = false) {
-  constexpr int64_t W = kLanes<V>;
   const int64_t L = s.L, D = s.D;
   V A_n[N], h[N] = {};
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t w = 0; w < W; ++w) A_n[n][w] = A[(d0 + w) * N + n];
+  A_lanes(A, d0, A_n);
   const V bias = dt_bias ? load<V>(dt_bias + d0) : V{};
   for (int64_t i = 0; i < L; ++i) {
     const int64_t t = reverse ? L - 1 - i : i;
@@ -333,10 +341,8 @@ void backward_lanes(const Shape& s, const float* u, const float* dt, const float
   H.resize((L + 1) * N);  // H[0 .. N) is h_{-1} = 0, H[(i + 1) N ..) is h after step i
   E.resize(L * N);
   V A_n[N], h[N] = {};
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t w = 0; w < W; ++w) A_n[n][w] = A[(d0 + w) * N + n];
-    H[n] = h[n];
-  }
+  A_lanes(A, d0, A_n);
+  for (int64_t n = 0; n < N; ++n) H[n] = h[n];
   for (int64_t i = 0; i < L; ++i) {  // replay
     const int64_t t = reverse ? L - 1 - i : i;
     const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);

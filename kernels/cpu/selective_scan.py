@@ -142,8 +142,7 @@ def bidirectional_gated_scan_cpu(
     before this op existed; the two forms agree to float32 rounding. Shapes must pass
     `gated_supported` (the kernel answers others with a one-line INVALID_ARGUMENT).
     """
-    if build.load() is None:
-        raise RuntimeError(f"the CPU scan kernel is unavailable: {build.error()}")
+    _check(u, dt_raw, A, B, C)
     call = jax.ffi.ffi_call("nanodna_scan_gated_fwd_f32", jax.ShapeDtypeStruct(z.shape, z.dtype),
                             vmap_method="sequential")
     # Each direction as its own buffer: XLA then drops the caller's stack (no stacked copy).

@@ -221,12 +221,10 @@ def _gated_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         return None
     if state_dtype(u.dtype) != jnp.float32 or batch_mesh(u, batch_axis=1) is not None:
         return None
-    if not cpu_kernel.gated_supported(u.astype(jnp.float32), A):
+    args = [x.astype(jnp.float32) for x in (u, delta, A, B, C, delta_bias, D, z)]
+    if not cpu_kernel.gated_supported(args[0], args[2]):
         return None
-    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-    y_BLD = cpu_kernel.bidirectional_gated_scan_cpu(
-        f32(u), f32(delta), f32(A), f32(B), f32(C), f32(delta_bias), f32(D), f32(z))
-    return y_BLD.astype(u.dtype)
+    return cpu_kernel.bidirectional_gated_scan_cpu(*args).astype(u.dtype)
 
 
 def _scan_cpu(u, dt, A, B, C, reverse: bool = False, bidirectional: bool = False):
