@@ -32,7 +32,8 @@ def main(argv=None) -> int:
         "--out", default="results.json", help="results JSON; scores.tsv and roc.png go beside it"
     )
     p.add_argument("--batch-size", type=int, default=None,
-                   help="windows per forward pass (default: 8 on CPU, 64 on GPU/TPU)")
+                   help="windows per forward pass (default: 8 on CPU, 64 on GPU/TPU; "
+                        "64 with --inference-path old)")
     p.add_argument("--inference-path", choices=("fast", "old"), default="fast",
                    help="old: the pre-issue-10 scoring path, for comparisons (same scores)")
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N rows")

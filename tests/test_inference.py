@@ -134,3 +134,16 @@ def test_unknown_inference_path_raises(rng):
     cfg = ModelConfig(d_model=16, n_layers=1, max_len=20)
     with pytest.raises(ValueError, match="inference_path"):
         scoring.score_table(None, cfg, _table(rng, 1, 10, 20), inference_path="turbo")
+
+
+def test_old_path_defaults_to_the_pre_issue_10_batch(rng):
+    """eval.py --inference-path old with no --batch-size runs what eval.py ran before issue 10:
+    batch 64 (the fast path's CPU default is 8)."""
+    cfg = ModelConfig(d_model=16, n_layers=1, max_len=24, arch="caduceus", rcps=True)
+    model = build_model(cfg, jax.random.key(0))
+    table = _table(rng, 3, 24, cfg.max_len)
+    old = scoring.score_table(model, cfg, table, batch_size=None, inference_path="old")
+    fast = scoring.score_table(model, cfg, table, batch_size=None, inference_path="fast")
+    assert old.batch_size == scoring.OLD_BATCH_SIZE == 64
+    assert fast.batch_size == scoring.CPU_BATCH_SIZE != old.batch_size
+    np.testing.assert_allclose(fast.log_probs_R4, old.log_probs_R4, rtol=1e-4, atol=1e-4)

@@ -42,7 +42,7 @@ rule runs the LM head at the target position only (`model.logits_at`), and the b
 defaults to CPU_BATCH_SIZE (small batches waste less on padding the last batch and measured as
 fast per window as large ones on CPU). "old"
 is the path before issue 10 (full logits, the XLA chunked_vjp scan where "auto" now picks
-kernels/cpu: `old_model`), kept so that eval.py, benchmarks and tests can compare the two on
+kernels/cpu: `old_model`, and eval.py's old default batch of 64, OLD_BATCH_SIZE), kept so that eval.py, benchmarks and tests can compare the two on
 one command; both give the same scores to float32 round-off.
 
 Glossary: B windows in a batch, L window length, V vocabulary (8), 4 the four alleles a/c/g/t
@@ -73,6 +73,7 @@ from nanodna.ops.scan import resolve_impl
 INFERENCE_PATHS = ("fast", "old")
 CPU_BATCH_SIZE = 8  # default windows per call on CPU (benchmarks/bench_eval.py --paths)
 ACCEL_BATCH_SIZE = 64  # default on GPU / TPU
+OLD_BATCH_SIZE = 64  # eval.py's --batch-size default before issue 10 (the "old" path's default)
 
 
 def scoring_rule(model_cfg: ModelConfig) -> str:
@@ -189,8 +190,11 @@ def old_model(model):
     return model
 
 
-def default_batch_size() -> int:
-    """Windows per call when none is given: CPU_BATCH_SIZE on CPU, ACCEL_BATCH_SIZE on GPU/TPU."""
+def default_batch_size(inference_path: str = "fast") -> int:
+    """Windows per call when none is given: CPU_BATCH_SIZE on CPU, ACCEL_BATCH_SIZE on GPU/TPU;
+    the old path keeps eval.py's pre-issue-10 default, OLD_BATCH_SIZE, everywhere."""
+    if inference_path == "old":
+        return OLD_BATCH_SIZE
     return ACCEL_BATCH_SIZE if resolve_impl("auto") == "pallas" else CPU_BATCH_SIZE
 
 
@@ -243,10 +247,10 @@ def score_table(
 
     strand_average None: the default for the model (`default_strand_average`: both strands,
     except Caduceus-PS, which is strand-invariant in one pass). batch_size None: the default
-    for the backend (`default_batch_size`). inference_path "fast" or "old" (module docstring).
+    for the backend and path (`default_batch_size`). inference_path "fast" or "old" (module docstring).
     Raises ValueError for batch_size < 1 or an unknown inference_path."""
     if batch_size is None:
-        batch_size = default_batch_size()
+        batch_size = default_batch_size(inference_path)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if inference_path not in INFERENCE_PATHS:
