@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from nanodna.models import sizes
-from nanodna.models.mamba import DT_MAX, DT_MIN, BiMamba, depthwise_conv
+from nanodna.models.mamba import DT_MAX, DT_MIN, BiMamba
+from nanodna.ops.conv import depthwise_conv
 
 CFG = dataclasses.replace(  # "ref" compiles fastest; test_scan.py covers the other impls
     sizes.get("caduceus_tiny"), d_model=16, d_state=4, n_layers=2, scan_impl="ref"

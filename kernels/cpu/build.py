@@ -1,15 +1,16 @@
-"""Compile selective_scan.cc once per machine and register its handlers with XLA.
+"""Compile the CPU kernels (selective_scan.cc, depthwise_conv.cc, simd.h) into one library
+once per machine, and register their handlers with XLA.
 
 The shared library is built on first use with the machine's C++ compiler (`$CXX`, else g++,
 else c++/clang++), `-O3 -march=native`, against the XLA FFI headers that ship with jaxlib
 (`jax.ffi.include_dir()`), and cached under `$NANODNA_KERNEL_CACHE` (default
-`~/.cache/nanodna/kernels`) by a hash of the source, the flags, the compiler, jax's version and
+`~/.cache/nanodna/kernels`) by a hash of the sources, the flags, the compiler, jax's version and
 the CPU (model and feature flags); a second process finds it there. Writes go to a temporary
 name and are renamed into place, so parallel test workers never load a half-written file.
 
 `load()` returns the ctypes library, or None when no compiler works (then `error()` says why
 in one line, and a warning says it once): nanodna then runs the pure-JAX scan
-(nanodna/ops/scan_vjp.py) instead.
+(nanodna/ops/scan_vjp.py) and XLA's convolution instead.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ import warnings
 
 import jax
 
-SOURCE = pathlib.Path(__file__).with_name("selective_scan.cc")
-# Handler symbols in selective_scan.cc -> XLA FFI target names.
+HERE = pathlib.Path(__file__).parent
+SOURCES = [HERE / "selective_scan.cc", HERE / "depthwise_conv.cc"]  # one library
+HEADERS = [HERE / "simd.h"]
+# Handler symbols in the sources -> XLA FFI target names.
 TARGETS = {
     "NanodnaScanFwdF32": "nanodna_scan_fwd_f32",
     "NanodnaScanFwdF64": "nanodna_scan_fwd_f64",
     "NanodnaScanGatedFwdF32": "nanodna_scan_gated_fwd_f32",
     "NanodnaScanBwdF32": "nanodna_scan_bwd_f32",
     "NanodnaScanBwdF64": "nanodna_scan_bwd_f64",
+    "NanodnaConvSiluBidirectionalF32": "nanodna_conv_silu_bidirectional_f32",
 }
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread"]
 ARCH_FLAGS = [["-march=native"], ["-mcpu=native"], []]  # first that compiles wins
@@ -71,7 +75,7 @@ def _build() -> pathlib.Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
-    source = SOURCE.read_bytes()
+    source = b"\0".join(p.read_bytes() for p in SOURCES + HEADERS)
     include = jax.ffi.include_dir()
     errors = []
     for arch in ARCH_FLAGS:
@@ -79,14 +83,14 @@ def _build() -> pathlib.Path:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cxx.encode(),
                                          jax.__version__.encode(), platform.machine().encode(),
                                          _cpu_id().encode()])).hexdigest()[:16]
-        out = cache_dir() / f"selective_scan_{key}.so"
+        out = cache_dir() / f"nanodna_cpu_{key}.so"
         if out.exists():
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
-        cmd = [cxx, *flags, f"-I{include}", str(SOURCE), "-o", tmp]
-        print(f"nanodna: building the CPU scan kernel into {out.parent} (once, ~15 s)",
+        cmd = [cxx, *flags, f"-I{include}", *map(str, SOURCES), "-o", tmp]
+        print(f"nanodna: building the CPU kernels into {out.parent} (once, ~20 s)",
               file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
@@ -94,7 +98,8 @@ def _build() -> pathlib.Path:
             return out
         os.unlink(tmp)
         errors.append(done.stderr.strip().splitlines()[-1:] or ["?"])
-    raise RuntimeError(f"{cxx} could not build {SOURCE.name}: {errors[0][0]}")
+    raise RuntimeError(f"{cxx} could not build {', '.join(p.name for p in SOURCES)}: "
+                       f"{errors[0][0]}")
 
 
 def load():

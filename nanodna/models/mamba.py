@@ -26,29 +26,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from nanodna.models.config import ModelConfig
 from nanodna.models.layers import Linear
+from nanodna.ops.conv import conv_silu_bidirectional, depthwise_conv
 from nanodna.ops.scan import selective_scan, selective_scan_bidirectional
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 0.1, 1e-4  # mamba-ssm's dt initialisation range
-
-
-def depthwise_conv(
-    x_BLE: Float[Array, "B L E"], w_EW: Float[Array, "E W"], b_E: Float[Array, " E"],
-    reverse: bool = False,
-) -> Float[Array, "B L E"]:
-    """Per-channel conv of width W: causal (taps t-W+1..t), or anti-causal when reverse.
-
-    Causal matches PyTorch's Conv1d(padding=W-1) truncated to L; the anti-causal form equals
-    flip(causal(flip(x))), which is what the reverse mixer computes.
-    """
-    W, L = w_EW.shape[1], x_BLE.shape[1]
-    w_EW, b_E = w_EW.astype(x_BLE.dtype), b_E.astype(x_BLE.dtype)
-    pad = (0, W - 1) if reverse else (W - 1, 0)
-    x_pad = jnp.pad(x_BLE, ((0, 0), pad, (0, 0)))
-    y_BLE = b_E
-    for k in range(W):  # W is tiny (4): shifted multiply-adds, no conv layout shuffles
-        tap = w_EW[:, W - 1 - k] if reverse else w_EW[:, k]
-        y_BLE = y_BLE + x_pad[:, k : k + L] * tap
-    return y_BLE
 
 
 class SelectiveSSM(eqx.Module):
@@ -86,13 +67,17 @@ class SelectiveSSM(eqx.Module):
 
     def scan_inputs(self, x_BLE: Float[Array, "B L E"], reverse: bool = False):
         """conv -> silu -> x_proj -> dt_proj: the selective scan's (u, delta, A, B, C)."""
-        x_BLE = jax.nn.silu(depthwise_conv(x_BLE, self.conv_weight, self.conv_bias, reverse))
+        return self.project(
+            jax.nn.silu(depthwise_conv(x_BLE, self.conv_weight, self.conv_bias, reverse)))
+
+    def project(self, u_BLE: Float[Array, "B L E"]):
+        """x_proj -> dt_proj of the conv's output u: the selective scan's (u, delta, A, B, C)."""
         Q, N = self.dt_proj.weight.shape[1], self.d_state
-        dbc = self.x_proj(x_BLE)
+        dbc = self.x_proj(u_BLE)
         dt_BLQ, B_BLN, C_BLN = dbc[..., :Q], dbc[..., Q : Q + N], dbc[..., Q + N :]
         # dt_proj's bias is added inside the scan (float32, before softplus), as in mamba-ssm.
         dt_BLE = jnp.einsum("blq,eq->ble", dt_BLQ, self.dt_proj.weight.astype(dt_BLQ.dtype))
-        return x_BLE, dt_BLE, -jnp.exp(self.A_log), B_BLN, C_BLN
+        return u_BLE, dt_BLE, -jnp.exp(self.A_log), B_BLN, C_BLN
 
     def __call__(
         self, x_BLE: Float[Array, "B L E"], z_BLE: Float[Array, "B L E"], reverse: bool = False
@@ -157,11 +142,16 @@ class BiMamba(eqx.Module):
             return self.fwd(h_BLD)
         if isinstance(self.rev, Mamba):
             return self.fwd(h_BLD) + self.rev(h_BLD, reverse=True)
-        # Tied: both directions read one in_proj output and share the gate z; their scans
-        # go to one call (a single fused launch with the Pallas kernel) and are summed.
-        x_BLE, z_BLE = jnp.split(self.fwd.in_proj(h_BLD), 2, axis=-1)
+        # Tied: both directions read one in_proj output and share the gate z; their convs go
+        # to one call (one kernels/cpu pass when scoring on CPU), their scans to another (a
+        # single fused launch with the Pallas kernel), and the scans are summed.
+        xz_BL2E = self.fwd.in_proj(h_BLD)
+        z_BLE = xz_BL2E[..., xz_BL2E.shape[-1] // 2 :]
         fwd, rev = self.fwd.ssm, self.rev
-        per_dir = zip(fwd.scan_inputs(x_BLE), rev.scan_inputs(x_BLE, reverse=True))
+        u_fwd, u_rev = conv_silu_bidirectional(
+            xz_BL2E, jnp.stack([fwd.conv_weight, rev.conv_weight]),
+            jnp.stack([fwd.conv_bias, rev.conv_bias]), impl=fwd.scan_impl)
+        per_dir = zip(fwd.project(u_fwd), rev.project(u_rev))
         u, dt, A, B, C = (jnp.stack(pair) for pair in per_dir)
         y_BLE = selective_scan_bidirectional(
             u, dt, A, B, C, D=jnp.stack([fwd.D, rev.D]), z=z_BLE,
