@@ -39,6 +39,7 @@ TARGETS = {
     "NanodnaScanBwdF32": "nanodna_scan_bwd_f32",
     "NanodnaScanBwdF64": "nanodna_scan_bwd_f64",
     "NanodnaConvSiluBidirectionalF32": "nanodna_conv_silu_bidirectional_f32",
+    "NanodnaConvSiluBidirectionalBwdF32": "nanodna_conv_silu_bidirectional_bwd_f32",
 }
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread"]
 ARCH_FLAGS = [["-march=native"], ["-mcpu=native"], []]  # first that compiles wins

@@ -155,6 +155,13 @@ inline V vsoftplus(V x) {
 template <typename V>
 inline V vsilu(V z) { return z / (splat<V>(1.0f) + vexp(-z)); }
 
+// silu'(z) = s (1 + z (1 - s)), s = sigmoid(z): the SiLU's derivative, for backward passes.
+template <typename V>
+inline V vsilu_grad(V z) {
+  const V s = splat<V>(1.0f) / (splat<V>(1.0f) + vexp(-z));
+  return s * (splat<V>(1.0f) + z * (splat<V>(1.0f) - s));
+}
+
 // Threads per call: $NANODNA_CPU_THREADS, else the cores this process may run on (taskset and
 // container CPU sets included, on Linux), else std::thread's count.
 inline int64_t max_threads() {

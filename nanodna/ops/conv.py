@@ -4,10 +4,10 @@
 PyTorch's Conv1d(padding=W-1) truncated to L), or anti-causal for the reverse mixer (taps
 t .. t+W-1, which equals flip(causal(flip(x)))). `conv_silu_bidirectional` is what a tied
 BiMamba layer needs from it: both directions' silu(conv(x)) from one input. With impl "cpu"
-and nothing differentiating it (scoring, evaluation) that is one kernels/cpu pass that reads
-x straight from the in_proj output; under a gradient, and for every other impl, it is XLA's
-shifted multiply-adds below (a custom_vjp whose backward is XLA's), so training computes what
-it did before the kernel existed.
+that is one kernels/cpu pass that reads x straight from the in_proj output, and under a
+gradient the kernel's hand-written backward (a custom_vjp; the SiLU input is recomputed,
+nothing but x is saved), which replaces the pads and slices of XLA's autodiff in a training
+step. Every other impl runs XLA's shifted multiply-adds below.
 
 Glossary: B batch, L length, E channels, W conv width, C channels of the in_proj output (the
 first E are x).
@@ -51,10 +51,17 @@ def _conv_silu_cpu(x_BLC, w_2EW, b_2E):
 
 
 def _conv_silu_cpu_fwd(x_BLC, w_2EW, b_2E):
-    return jax.vjp(_conv_silu_xla, x_BLC, w_2EW, b_2E)
+    return _conv_silu_cpu(x_BLC, w_2EW, b_2E), (x_BLC, w_2EW, b_2E)
 
 
-_conv_silu_cpu.defvjp(_conv_silu_cpu_fwd, lambda vjp_fn, dy: vjp_fn(dy))
+def _conv_silu_cpu_bwd(res, du):
+    x_BLC, w_2EW, b_2E = res
+    dx_BLE, dw, db = cpu_kernel.conv_silu_bidirectional_bwd_cpu(x_BLC, w_2EW, b_2E, *du)
+    pad = x_BLC.shape[-1] - dx_BLE.shape[-1]  # channels past E (the gate z) get no gradient
+    return jnp.pad(dx_BLE, ((0, 0), (0, 0), (0, pad))), dw, db
+
+
+_conv_silu_cpu.defvjp(_conv_silu_cpu_fwd, _conv_silu_cpu_bwd)
 
 
 def conv_silu_bidirectional(
