@@ -22,5 +22,5 @@ from kernels.cpu.selective_scan import (
 )
 
 __all__ = ["available", "bidirectional_gated_scan_cpu", "conv_silu_bidirectional_bwd_cpu",
-           "conv_silu_bidirectional_cpu", "conv_supported", "error", "gated_supported", "selective_scan_cpu",
-           "sharded_selective_scan_cpu"]
+           "conv_silu_bidirectional_cpu", "conv_supported", "error", "gated_supported",
+           "selective_scan_cpu", "sharded_selective_scan_cpu"]

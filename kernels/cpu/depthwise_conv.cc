@@ -11,6 +11,7 @@
 //
 // Layout (row-major): x (B, L, C) of which the first E channels are read (C >= E; the in_proj
 // output (B, L, 2E) passes whole, no slice copy); w (2, E, K), b (2, E); u0, u1 (B, L, E).
+// K is the conv width (d_conv, W in nanodna's glossary: here W is the vector width).
 // Work items are (row, 32 time steps), each walking whole rows of x, u0 and u1 in memory
 // order; E must divide by the vector width W.
 

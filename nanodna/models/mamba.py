@@ -145,11 +145,11 @@ class BiMamba(eqx.Module):
         # Tied: both directions read one in_proj output and share the gate z; their convs go
         # to one call (one kernels/cpu pass when scoring on CPU), their scans to another (a
         # single fused launch with the Pallas kernel), and the scans are summed.
-        xz_BL2E = self.fwd.in_proj(h_BLD)
-        z_BLE = xz_BL2E[..., xz_BL2E.shape[-1] // 2 :]
+        xz_BLE2 = self.fwd.in_proj(h_BLD)
+        z_BLE = xz_BLE2[..., xz_BLE2.shape[-1] // 2 :]
         fwd, rev = self.fwd.ssm, self.rev
         u_fwd, u_rev = conv_silu_bidirectional(
-            xz_BL2E, jnp.stack([fwd.conv_weight, rev.conv_weight]),
+            xz_BLE2, jnp.stack([fwd.conv_weight, rev.conv_weight]),
             jnp.stack([fwd.conv_bias, rev.conv_bias]), impl=fwd.scan_impl)
         per_dir = zip(fwd.project(u_fwd), rev.project(u_rev))
         u, dt, A, B, C = (jnp.stack(pair) for pair in per_dir)

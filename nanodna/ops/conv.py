@@ -9,8 +9,8 @@ gradient the kernel's hand-written backward (a custom_vjp; the SiLU input is rec
 nothing but x is saved), which replaces the pads and slices of XLA's autodiff in a training
 step. Every other impl runs XLA's shifted multiply-adds below.
 
-Glossary: B batch, L length, E channels, W conv width, C channels of the in_proj output (the
-first E are x).
+Glossary: B batch, L length, E channels (d_inner), W conv width (d_conv); xz_BLE2 is the
+in_proj output (B, L, 2E), x (its first E channels) then the gate z.
 """
 
 from __future__ import annotations
@@ -39,25 +39,26 @@ def depthwise_conv(
     return y_BLE
 
 
-def _conv_silu_xla(x_BLC, w_2EW, b_2E):
-    x_BLE = x_BLC[..., : w_2EW.shape[1]]
+def _conv_silu_xla(xz_BLE2, w_2EW, b_2E):
+    """conv_silu_bidirectional in XLA: the definition the kernels are tested against."""
+    x_BLE = xz_BLE2[..., : w_2EW.shape[1]]
     return (jax.nn.silu(depthwise_conv(x_BLE, w_2EW[0], b_2E[0])),
             jax.nn.silu(depthwise_conv(x_BLE, w_2EW[1], b_2E[1], reverse=True)))
 
 
 @jax.custom_vjp
-def _conv_silu_cpu(x_BLC, w_2EW, b_2E):
-    return cpu_kernel.conv_silu_bidirectional_cpu(x_BLC, w_2EW, b_2E)
+def _conv_silu_cpu(xz_BLE2, w_2EW, b_2E):
+    return cpu_kernel.conv_silu_bidirectional_cpu(xz_BLE2, w_2EW, b_2E)
 
 
-def _conv_silu_cpu_fwd(x_BLC, w_2EW, b_2E):
-    return _conv_silu_cpu(x_BLC, w_2EW, b_2E), (x_BLC, w_2EW, b_2E)
+def _conv_silu_cpu_fwd(xz_BLE2, w_2EW, b_2E):
+    return _conv_silu_cpu(xz_BLE2, w_2EW, b_2E), (xz_BLE2, w_2EW, b_2E)
 
 
 def _conv_silu_cpu_bwd(res, du):
-    x_BLC, w_2EW, b_2E = res
-    dx_BLE, dw, db = cpu_kernel.conv_silu_bidirectional_bwd_cpu(x_BLC, w_2EW, b_2E, *du)
-    pad = x_BLC.shape[-1] - dx_BLE.shape[-1]  # channels past E (the gate z) get no gradient
+    xz_BLE2, w_2EW, b_2E = res
+    dx_BLE, dw, db = cpu_kernel.conv_silu_bidirectional_bwd_cpu(xz_BLE2, w_2EW, b_2E, *du)
+    pad = xz_BLE2.shape[-1] - dx_BLE.shape[-1]  # channels past E (the gate z) get no gradient
     return jnp.pad(dx_BLE, ((0, 0), (0, 0), (0, pad))), dw, db
 
 
@@ -65,23 +66,24 @@ _conv_silu_cpu.defvjp(_conv_silu_cpu_fwd, _conv_silu_cpu_bwd)
 
 
 def conv_silu_bidirectional(
-    x_BLC: Float[Array, "B L C"],
+    xz_BLE2: Float[Array, "B L E2"],
     w_2EW: Float[Array, "2 E W"],
     b_2E: Float[Array, "2 E"],
     impl: str = "auto",
 ) -> tuple[Float[Array, "B L E"], Float[Array, "B L E"]]:
-    """(silu(causal conv of x with w[0], b[0])), silu(anti-causal conv with w[1], b[1])),
-    x = x_BLC[..., :E]: the forward and reverse mixers' convolutions of a tied BiMamba layer.
+    """(silu(causal conv of x with w[0], b[0]), silu(anti-causal conv of x with w[1], b[1])),
+    x = xz_BLE2[..., :E]: the forward and reverse mixers' convolutions of a tied BiMamba layer.
 
     impl is the layer's selective-scan impl ("auto" resolved as nanodna.ops.scan does):
-    "cpu" takes kernels/cpu's one-pass form where it applies (float32, E a multiple of 16,
-    W <= 8, a batch not split over a mesh), every other case XLA's. Outputs have x's dtype.
+    "cpu" takes kernels/cpu's forward and hand-written backward where they apply (float32, E
+    a multiple of 16, W <= 8, a batch not split over a mesh), every other case XLA's. Outputs
+    have xz's dtype. Raises ValueError when xz has fewer than E channels.
     """
     E = w_2EW.shape[1]
-    if E > x_BLC.shape[-1]:
-        raise ValueError(f"the conv has {E} channels but x has only {x_BLC.shape[-1]}")
-    w_2EW, b_2E = w_2EW.astype(x_BLC.dtype), b_2E.astype(x_BLC.dtype)
-    if (resolve_impl(impl) == "cpu" and cpu_kernel.conv_supported(x_BLC, w_2EW)
-            and batch_mesh(x_BLC) is None):
-        return _conv_silu_cpu(x_BLC, w_2EW, b_2E)
-    return _conv_silu_xla(x_BLC, w_2EW, b_2E)
+    if E > xz_BLE2.shape[-1]:
+        raise ValueError(f"the conv has {E} channels but x has only {xz_BLE2.shape[-1]}")
+    w_2EW, b_2E = w_2EW.astype(xz_BLE2.dtype), b_2E.astype(xz_BLE2.dtype)
+    if (resolve_impl(impl) == "cpu" and cpu_kernel.conv_supported(xz_BLE2, w_2EW)
+            and batch_mesh(xz_BLE2) is None):
+        return _conv_silu_cpu(xz_BLE2, w_2EW, b_2E)
+    return _conv_silu_xla(xz_BLE2, w_2EW, b_2E)
