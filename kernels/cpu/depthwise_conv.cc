@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "simd.h"
@@ -41,6 +42,19 @@ std::vector<float> taps(const float* w, int64_t E, int64_t K) {
   return wt;
 }
 
+// The two convolutions at step t, before the SiLU, for the W channels from e: (acc0, acc1).
+template <typename V>
+inline std::pair<V, V> conv_at(const float* x, int64_t L, int64_t C, int64_t E, int64_t K,
+                               const float* wt, const float* b, int64_t t, int64_t e) {
+  V acc0 = load<V>(b + e), acc1 = load<V>(b + E + e);
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t before = t - K + 1 + k, after = t + k;
+    if (before >= 0) acc0 += load<V>(wt + k * E + e) * load<V>(x + before * C + e);
+    if (after < L) acc1 += load<V>(wt + (K + k) * E + e) * load<V>(x + after * C + e);
+  }
+  return {acc0, acc1};
+}
+
 // Time steps [t0, t1) of one row (x, u0, u1 offset to the row already), all E channels: rows
 // of x, u0 and u1 are walked contiguously, W channels at a time. wt (2, K, E) holds the taps
 // as w0[k] and w1 flipped, tap-major, so that tap k of W adjacent channels is one vector load.
@@ -51,12 +65,7 @@ void conv_silu_steps(const float* x, int64_t L, int64_t C, int64_t E, int64_t K,
   constexpr int64_t W = kLanes<V>;
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t e = 0; e < E; e += W) {
-      V acc0 = load<V>(b + e), acc1 = load<V>(b + E + e);
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t before = t - K + 1 + k, after = t + k;
-        if (before >= 0) acc0 += load<V>(wt + k * E + e) * load<V>(x + before * C + e);
-        if (after < L) acc1 += load<V>(wt + (K + k) * E + e) * load<V>(x + after * C + e);
-      }
+      const auto [acc0, acc1] = conv_at<V>(x, L, C, E, K, wt, b, t, e);
       store(u0 + t * E + e, vsilu(acc0));
       store(u1 + t * E + e, vsilu(acc1));
     }
@@ -81,12 +90,7 @@ void conv_silu_steps_bwd(const float* x, const float* du0, const float* du1, int
     const int64_t t = lo + i;
     if (t < 0 || t >= L) continue;
     for (int64_t e = 0; e < E; e += W) {
-      V acc0 = load<V>(b + e), acc1 = load<V>(b + E + e);
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t before = t - K + 1 + k, after = t + k;
-        if (before >= 0) acc0 += load<V>(wt + k * E + e) * load<V>(x + before * C + e);
-        if (after < L) acc1 += load<V>(wt + (K + k) * E + e) * load<V>(x + after * C + e);
-      }
+      const auto [acc0, acc1] = conv_at<V>(x, L, C, E, K, wt, b, t, e);
       store(G0 + i * E + e, load<V>(du0 + t * E + e) * vsilu_grad(acc0));
       store(G1 + i * E + e, load<V>(du1 + t * E + e) * vsilu_grad(acc1));
     }

@@ -124,7 +124,8 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
   V A_n[N], h[N] = {};
   A_lanes(A, d0, A_n, kLog2e);
   // softplus in its own pass: inside the time loop its latency (an exp, a log, a division)
-  // would hold up every step, which ran 1.8x slower that way (BENCHMARKS.md).
+  // would hold up every step: the forward ran 1.35x slower that way (BENCHMARKS.md, "A faster
+  // exp, softplus out of the loop, prefetching").
   thread_local std::vector<V> steps;
   if (dt_bias) {
     const V bias = load<V>(dt_bias + d0);
