@@ -36,6 +36,8 @@ TARGETS = {
     "NanodnaScanFwdF32": "nanodna_scan_fwd_f32",
     "NanodnaScanFwdF64": "nanodna_scan_fwd_f64",
     "NanodnaScanGatedFwdF32": "nanodna_scan_gated_fwd_f32",
+    "NanodnaScanGatedFwdResF32": "nanodna_scan_gated_fwd_res_f32",
+    "NanodnaScanGatedBwdF32": "nanodna_scan_gated_bwd_f32",
     "NanodnaScanBwdF32": "nanodna_scan_bwd_f32",
     "NanodnaScanBwdF64": "nanodna_scan_bwd_f64",
     "NanodnaConvSiluBidirectionalF32": "nanodna_conv_silu_bidirectional_f32",

@@ -19,6 +19,10 @@
 // the replay is cheap. The sums over d in dB and dC are kept one lane per channel while a
 // block of channels runs and summed across lanes once at its end.
 //
+// BiMamba's gated block (softplus of dt + bias, both directions, D skip, SiLU gate) has its own
+// forward and backward handlers below, which take each direction's arrays as separate buffers
+// and reuse forward_lanes / backward_lanes per group of channels.
+//
 // Layout (row-major): u, dt, du, ddt, y (S, B, L, D); A (S, D, N); B, C (S, B, L, N).
 // Sums over d (dB, dC) are written per block of channels, (S, B, P, L, N), and per row for dA,
 // (S, B, D, N), so that threads never share an output; the caller sums those axes.
@@ -153,14 +157,15 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
   }
 }
 
-// Inference for BiMamba, channels d0 .. d0 + W - 1 of row b: both directions (dt raw, bias and
-// softplus on the fly), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z) in place. u[s],
+// BiMamba's gated block, channels d0 .. d0 + W - 1 of row b: both directions (dt raw, bias and
+// softplus on the fly), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z) in place, and the
+// value before the gate into pre when pre is given (training keeps it for the backward). u[s],
 // dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N); bias, Dskip (2, D).
 template <typename V, int64_t N>
 void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
                  const float* A, const float* const B[2], const float* const C[2],
-                 const float* bias, const float* Dskip, const float* z, float* y, int64_t b,
-                 int64_t d0) {
+                 const float* bias, const float* Dskip, const float* z, float* y, float* pre,
+                 int64_t b, int64_t d0) {
   const int64_t L = s.L, D = s.D, LD = L * D, LN = L * s.N;
   for (int64_t sd = 0; sd < 2; ++sd)  // direction 0 forward, 1 reverse (and added)
     forward_lanes<V, N>(s, u[sd] + b * LD, dt[sd] + b * LD, A + sd * D * N, B[sd] + b * LN,
@@ -170,8 +175,9 @@ void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[
     const int64_t k = b * LD + t * D + d0;
     for (const float* p : {u[0], u[1], z, static_cast<const float*>(y)})
       prefetch(p + b * LD + d0, t + kAhead, L, D);
-    const V skip = D0 * load<V>(u[0] + k) + D1 * load<V>(u[1] + k);
-    store(y + k, (load<V>(y + k) + skip) * vsilu(load<V>(z + k)));
+    const V before_gate = load<V>(y + k) + D0 * load<V>(u[0] + k) + D1 * load<V>(u[1] + k);
+    if (pre) store(pre + k, before_gate);  // kept for the backward (training)
+    store(y + k, before_gate * vsilu(load<V>(z + k)));
   }
 }
 
@@ -356,23 +362,27 @@ ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
   return ffi::Error::Success();
 }
 
-// Inference for BiMamba, float32: y (B, L, D) = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z)
+// BiMamba's gated block, float32: y (B, L, D) = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z)
 // with dt = softplus(dt_raw + bias), in one pass. Each direction's u, dt (B, L, D) and B, C
 // (B, L, N) come as separate buffers (no stacked copy); A (2, D, N), bias and D (2, D). D must
 // divide by the vector width W and N be in {4, 8, 16, 32, 64} (the caller checks; other
 // shapes run the unfused path). Work items are (row, channel block), both directions in one.
+// scan_gated_fwd is inference; scan_gated_fwd_res also returns the value before the gate, and
+// scan_gated_bwd is the backward that uses it (training).
 using F32Buf = ffi::Buffer<ffi::F32>;
-ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
-                          F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
-                          ffi::ResultBuffer<ffi::F32> y, int64_t d_block) {
-  using V = f32xW;
-  constexpr int64_t W = kLanes<V>;
+
+// The shapes of the gated block's inputs as a Shape (S = 2), or an error message in err.
+Shape gated_shape(const F32Buf& u0, const F32Buf& u1, const F32Buf& dt0, const F32Buf& dt1,
+                  const F32Buf& A, const F32Buf& B0, const F32Buf& B1, const F32Buf& C0,
+                  const F32Buf& C1, const F32Buf& bias, const F32Buf& Dskip, const F32Buf& z,
+                  int64_t d_block, std::string& err) {
+  constexpr int64_t W = kLanes<f32xW>;
   const auto du = u0.dimensions(), dA = A.dimensions();
-  std::string err;
-  if (du.size() != 3 || dA.size() != 3 || d_block < 1) err = "u must be (B, L, D), A (2, D, N)";
-  const Shape s = err.empty() ? Shape{2, du[0], du[1], du[2], dA[2], d_block,
-                                      (du[2] + d_block - 1) / d_block}
-                              : Shape{};
+  if (du.size() != 3 || dA.size() != 3 || d_block < 1) {
+    err = "u must be (B, L, D), A (2, D, N)";
+    return Shape{};
+  }
+  const Shape s{2, du[0], du[1], du[2], dA[2], d_block, (du[2] + d_block - 1) / d_block};
   for (const F32Buf* x : {&u1, &dt0, &dt1, &z})
     if (err.empty() && !has_shape(x->dimensions(), {s.B, s.L, s.D}))
       err = "u, dt and z must all be (B, L, D)";
@@ -386,6 +396,16 @@ ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A
     err = "the gated scan needs D and d_block divisible by " + std::to_string(W);
   if (err.empty() && !with_vector_n(s.N, [](auto) {}))
     err = "the gated scan needs N in {4, 8, 16, 32, 64}";
+  return s;
+}
+
+ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
+                     F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
+                     float* py, float* ppre, int64_t d_block) {
+  using V = f32xW;
+  constexpr int64_t W = kLanes<V>;
+  std::string err;
+  const Shape s = gated_shape(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, d_block, err);
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const float* const pu[2] = {u0.typed_data(), u1.typed_data()};
   const float* const pdt[2] = {dt0.typed_data(), dt1.typed_data()};
@@ -393,13 +413,145 @@ ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A
   const float* const pC[2] = {C0.typed_data(), C1.typed_data()};
   const float *pA = A.typed_data(), *pbias = bias.typed_data(), *pD = Dskip.typed_data();
   const float* pz = z.typed_data();
-  float* py = y->typed_data();
   parallel_for(s.B * s.P, [&](int64_t item) {
     const int64_t b = item / s.P, p = item % s.P;
     for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
       with_vector_n(s.N, [&](auto Nc) {
-        gated_lanes<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, b, d);
+        gated_lanes<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, ppre, b,
+                                            d);
       });
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
+                          F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
+                          ffi::ResultBuffer<ffi::F32> y, int64_t d_block) {
+  return gated_fwd(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, y->typed_data(),
+                   nullptr, d_block);
+}
+
+ffi::Error scan_gated_fwd_res(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A,
+                              F32Buf B0, F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias,
+                              F32Buf Dskip, F32Buf z, ffi::ResultBuffer<ffi::F32> y,
+                              ffi::ResultBuffer<ffi::F32> pre, int64_t d_block) {
+  return gated_fwd(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, y->typed_data(),
+                   pre->typed_data(), d_block);
+}
+
+// The gated block's gradients, one pointer per output (see scan_gated_bwd for the layouts).
+struct GatedGrads {
+  float* du[2];
+  float* ddt[2];
+  float* dA;     // (2, B, D, N): per row
+  float* dbias;  // (2, B, D): per row
+  float* dD;     // (2, B, D): per row
+  float* dz;     // (B, L, D)
+};
+
+// Backward of gated_lanes for channels d0 .. d0 + W - 1 of row b. g = dout silu(z) is both
+// scans' output gradient; each direction's scan backward is backward_lanes on (L, W) copies of
+// u, softplus(dt_raw + bias) and g (a Shape whose D is W), and the chain rule ends here:
+// du += g D, ddt_raw = ddt sigmoid(dt_raw + bias), dbias = sum_t ddt_raw, dD = sum_t g u, and
+// dz = dout pre silu'(z). dB, dC terms go into PB[s], PC[s] as in backward_block.
+template <typename V, int64_t N>
+void gated_backward_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
+                          const float* A, const float* const B[2], const float* const C[2],
+                          const float* bias, const float* Dskip, const float* z,
+                          const float* pre, const float* dout, const GatedGrads& o,
+                          V* const PB[2], V* const PC[2], int64_t b, int64_t d0) {
+  constexpr int64_t W = kLanes<V>;
+  const int64_t L = s.L, D = s.D, LN = L * s.N, row = b * L * D;
+  const Shape group{1, 1, L, W, N, W, 1};
+  thread_local std::vector<float> ub, dtb, sigb, gb, dub, ddtb, dAb;
+  thread_local std::vector<V> H, E;
+  for (auto* v : {&ub, &dtb, &sigb, &gb, &dub, &ddtb}) v->resize(L * W);
+  dAb.resize(W * N);
+  for (int64_t t = 0; t < L; ++t) {  // the gate
+    const int64_t k = row + t * D + d0;
+    prefetch(z + row + d0, t + kAhead, L, D);
+    const V z_t = load<V>(z + k), dout_t = load<V>(dout + k);
+    store(gb.data() + t * W, dout_t * vsilu(z_t));
+    store(o.dz + k, dout_t * load<V>(pre + k) * vsilu_grad(z_t));
+  }
+  for (int64_t sd = 0; sd < 2; ++sd) {
+    const V bias_d = load<V>(bias + sd * D + d0), D_d = load<V>(Dskip + sd * D + d0);
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t k = row + t * D + d0;
+      prefetch(dt[sd] + row + d0, t + kAhead, L, D);
+      const V x = load<V>(dt[sd] + k) + bias_d;
+      store(ub.data() + t * W, load<V>(u[sd] + k));
+      store(dtb.data() + t * W, vsoftplus(x));
+      store(sigb.data() + t * W, splat<V>(1.0f) / (splat<V>(1.0f) + vexp(-x)));
+    }
+    backward_lanes<V, N>(group, ub.data(), dtb.data(), A + (sd * D + d0) * N, B[sd] + b * LN,
+                         C[sd] + b * LN, gb.data(), dub.data(), ddtb.data(), dAb.data(), PB[sd],
+                         PC[sd], 0, sd == 1, H, E);
+    V dD = {}, dbias = {};
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t k = row + t * D + d0;
+      const V g = load<V>(gb.data() + t * W);
+      store(o.du[sd] + k, load<V>(dub.data() + t * W) + g * D_d);
+      const V ddt_raw = load<V>(ddtb.data() + t * W) * load<V>(sigb.data() + t * W);
+      store(o.ddt[sd] + k, ddt_raw);
+      dD += g * load<V>(ub.data() + t * W);
+      dbias += ddt_raw;
+    }
+    const int64_t sb = sd * s.B + b;
+    store(o.dD + sb * D + d0, dD);
+    store(o.dbias + sb * D + d0, dbias);
+    std::copy(dAb.begin(), dAb.end(), o.dA + (sb * D + d0) * N);
+  }
+}
+
+// Backward of scan_gated_fwd_res: its inputs, pre (B, L, D) and dout (B, L, D) in; du, ddt
+// (of dt_raw) per direction and dz (B, L, D), dA (2, B, D, N), dbias and dD (2, B, D) per row,
+// dB and dC per direction (B, P, L, N) per channel block out; the caller sums the per-row and
+// per-block axes.
+ffi::Error scan_gated_bwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
+                          F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
+                          F32Buf pre, F32Buf dout, ffi::ResultBuffer<ffi::F32> du0,
+                          ffi::ResultBuffer<ffi::F32> du1, ffi::ResultBuffer<ffi::F32> ddt0,
+                          ffi::ResultBuffer<ffi::F32> ddt1, ffi::ResultBuffer<ffi::F32> dA,
+                          ffi::ResultBuffer<ffi::F32> dB0, ffi::ResultBuffer<ffi::F32> dB1,
+                          ffi::ResultBuffer<ffi::F32> dC0, ffi::ResultBuffer<ffi::F32> dC1,
+                          ffi::ResultBuffer<ffi::F32> dbias, ffi::ResultBuffer<ffi::F32> dD,
+                          ffi::ResultBuffer<ffi::F32> dz, int64_t d_block) {
+  using V = f32xW;
+  constexpr int64_t W = kLanes<V>;
+  std::string err;
+  const Shape s = gated_shape(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, d_block, err);
+  if (err.empty() && (!has_shape(pre.dimensions(), {s.B, s.L, s.D}) ||
+                      !has_shape(dout.dimensions(), {s.B, s.L, s.D})))
+    err = "pre and dout must be (B, L, D)";
+  if (!err.empty()) return ffi::Error::InvalidArgument(err);
+  const float* const pu[2] = {u0.typed_data(), u1.typed_data()};
+  const float* const pdt[2] = {dt0.typed_data(), dt1.typed_data()};
+  const float* const pB[2] = {B0.typed_data(), B1.typed_data()};
+  const float* const pC[2] = {C0.typed_data(), C1.typed_data()};
+  float* const pdB[2] = {dB0->typed_data(), dB1->typed_data()};
+  float* const pdC[2] = {dC0->typed_data(), dC1->typed_data()};
+  const GatedGrads o{{du0->typed_data(), du1->typed_data()},
+                     {ddt0->typed_data(), ddt1->typed_data()},
+                     dA->typed_data(), dbias->typed_data(), dD->typed_data(), dz->typed_data()};
+  const int64_t LN = s.L * s.N;
+  parallel_for(s.B * s.P, [&](int64_t item) {
+    const int64_t b = item / s.P, p = item % s.P;
+    thread_local std::vector<V> PB0, PC0, PB1, PC1;
+    for (auto* v : {&PB0, &PC0, &PB1, &PC1}) v->assign(LN, V{});
+    V* const PB[2] = {PB0.data(), PB1.data()};
+    V* const PC[2] = {PC0.data(), PC1.data()};
+    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
+      with_vector_n(s.N, [&](auto Nc) {
+        gated_backward_lanes<V, decltype(Nc)::value>(
+            s, pu, pdt, A.typed_data(), pB, pC, bias.typed_data(), Dskip.typed_data(),
+            z.typed_data(), pre.typed_data(), dout.typed_data(), o, PB, PC, b, d);
+      });
+    for (int64_t sd = 0; sd < 2; ++sd)
+      for (int64_t k = 0; k < LN; ++k) {
+        pdB[sd][item * LN + k] = lane_sum(PB[sd][k]);
+        pdC[sd][item * LN + k] = lane_sum(PC[sd][k]);
+      }
   });
   return ffi::Error::Success();
 }
@@ -465,21 +617,43 @@ ffi::Error scan_bwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF32, scan_fwd<ffi::F32>, NANODNA_BIND_FWD(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanFwdF64, scan_fwd<ffi::F64>, NANODNA_BIND_FWD(ffi::F64));
+// The gated block's inputs: u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, D, z.
+#define NANODNA_GATED_INPUTS \
+  ffi::Ffi::Bind()           \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()         \
+      .Arg<F32Buf>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedFwdF32, scan_gated_fwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32Buf>()  // u0
-                                  .Arg<F32Buf>()  // u1
-                                  .Arg<F32Buf>()  // dt0
-                                  .Arg<F32Buf>()  // dt1
-                                  .Arg<F32Buf>()  // A
-                                  .Arg<F32Buf>()  // B0
-                                  .Arg<F32Buf>()  // B1
-                                  .Arg<F32Buf>()  // C0
-                                  .Arg<F32Buf>()  // C1
-                                  .Arg<F32Buf>()  // bias
-                                  .Arg<F32Buf>()  // D
-                                  .Arg<F32Buf>()  // z
-                                  .Ret<F32Buf>()
+                              NANODNA_GATED_INPUTS.Ret<F32Buf>().Attr<int64_t>("d_block"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedFwdResF32, scan_gated_fwd_res,
+                              NANODNA_GATED_INPUTS.Ret<F32Buf>()  // y
+                                  .Ret<F32Buf>()                  // pre
+                                  .Attr<int64_t>("d_block"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedBwdF32, scan_gated_bwd,
+                              NANODNA_GATED_INPUTS.Arg<F32Buf>()  // pre
+                                  .Arg<F32Buf>()                  // dout
+                                  .Ret<F32Buf>()                  // du0
+                                  .Ret<F32Buf>()                  // du1
+                                  .Ret<F32Buf>()                  // ddt0
+                                  .Ret<F32Buf>()                  // ddt1
+                                  .Ret<F32Buf>()                  // dA
+                                  .Ret<F32Buf>()                  // dB0
+                                  .Ret<F32Buf>()                  // dB1
+                                  .Ret<F32Buf>()                  // dC0
+                                  .Ret<F32Buf>()                  // dC1
+                                  .Ret<F32Buf>()                  // dbias
+                                  .Ret<F32Buf>()                  // dD
+                                  .Ret<F32Buf>()                  // dz
                                   .Attr<int64_t>("d_block"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF32, scan_bwd<ffi::F32>, NANODNA_BIND_BWD(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF64, scan_bwd<ffi::F64>, NANODNA_BIND_BWD(ffi::F64));

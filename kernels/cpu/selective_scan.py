@@ -8,8 +8,8 @@ the sequence's own coordinates: no flips). Its backward is the kernel's hand-wri
 undifferentiated calls (scoring) run the forward only. `sharded_selective_scan_cpu` runs it
 per device when the batch is split over a mesh (XLA cannot partition a custom call).
 `bidirectional_gated_scan_cpu` is BiMamba's whole scan block (bias + softplus of dt, both
-directions, D skip, SiLU gate) as one kernel pass when it is not differentiated (scoring,
-evaluation); under a gradient it is the same composition of the pieces above.
+directions, D skip, SiLU gate) as one kernel pass, with a backward that is one kernel call
+too; `gated_unfused` is the same block composed from the pieces above, its reference.
 
 Glossary: S directions stacked, B batch, L length, D channels, N state size, P channel blocks.
 """
@@ -122,6 +122,16 @@ def gated_unfused(u, dt_raw, A, B, C, bias, D, z):
     return (y[0] + y[1] + u[0] * D[0] + u[1] * D[1]) * jax.nn.silu(z)
 
 
+def _gated_call(target, results, args, *extra):
+    """The gated kernels take each direction's arrays as their own buffers: XLA then drops
+    the caller's stack (no stacked copy), in the forward and in the backward."""
+    u, dt_raw, A, B, C, bias, D, z = args
+    _check(u, dt_raw, A, B, C)
+    call = jax.ffi.ffi_call(target, results, vmap_method="sequential")
+    return call(u[0], u[1], dt_raw[0], dt_raw[1], A, B[0], B[1], C[0], C[1], bias, D, z, *extra,
+                d_block=np.int64(D_BLOCK))
+
+
 @jax.custom_vjp
 def bidirectional_gated_scan_cpu(
     u: Float[Array, "2 B L D"],
@@ -136,26 +146,36 @@ def bidirectional_gated_scan_cpu(
     """BiMamba's tied scan block, float32: direction 0 forward, 1 reverse (sequence order),
     dt = softplus(dt_raw + bias) per direction, out (y_0 + y_1 + D_0 u_0 + D_1 u_1) silu(z).
 
-    Undifferentiated (scoring) it is one kernel pass: no softplus, stack, skip or gate passes
-    over (B, L, D) arrays in XLA. Under a gradient, forward and backward are `gated_unfused`'s
-    (the kernel's scan and its hand-written backward), so training sees the same numbers as
-    before this op existed; the two forms agree to float32 rounding. Shapes must pass
+    One kernel pass: no softplus, stack, skip or gate passes over (B, L, D) arrays in XLA.
+    Under a gradient the forward also keeps the value before the gate, and the backward is one
+    kernel call too (each direction's scan backward plus the chain rule through softplus, skip
+    and gate); it agrees with `gated_unfused`'s autodiff to float32 rounding. Shapes must pass
     `gated_supported` (the kernel answers others with a one-line INVALID_ARGUMENT).
     """
-    _check(u, dt_raw, A, B, C)
-    call = jax.ffi.ffi_call("nanodna_scan_gated_fwd_f32", jax.ShapeDtypeStruct(z.shape, z.dtype),
-                            vmap_method="sequential")
-    # Each direction as its own buffer: XLA then drops the caller's stack (no stacked copy).
-    return call(u[0], u[1], dt_raw[0], dt_raw[1], A, B[0], B[1], C[0], C[1], bias, D, z,
-                d_block=np.int64(D_BLOCK))
+    return _gated_call("nanodna_scan_gated_fwd_f32", jax.ShapeDtypeStruct(z.shape, z.dtype),
+                       (u, dt_raw, A, B, C, bias, D, z))
 
 
 def _gated_fwd(*args):
-    return jax.vjp(gated_unfused, *args)  # (output, its vjp function: a pytree of residuals)
+    z = args[-1]
+    out = jax.ShapeDtypeStruct(z.shape, z.dtype)
+    y, pre = _gated_call("nanodna_scan_gated_fwd_res_f32", (out, out), args)
+    return y, (args, pre)
 
 
-def _gated_bwd(vjp_fn, dy):
-    return vjp_fn(dy)
+def _gated_bwd(res, dy):
+    args, pre = res
+    u, dt_raw, A, B, C, bias, D, z = args
+    Bsz, L, Dch = z.shape
+    N, P = A.shape[-1], -(-Dch // D_BLOCK)
+    sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    BLD, BPLN, SBD = sds((Bsz, L, Dch)), sds((Bsz, P, L, N)), sds((2, Bsz, Dch))
+    results = (BLD, BLD, BLD, BLD, sds((2, Bsz, Dch, N)), BPLN, BPLN, BPLN, BPLN, SBD, SBD, BLD)
+    du0, du1, ddt0, ddt1, dA_SBDN, dB0, dB1, dC0, dC1, dbias_SBD, dD_SBD, dz = _gated_call(
+        "nanodna_scan_gated_bwd_f32", results, args, pre, dy.astype(jnp.float32))
+    return (jnp.stack([du0, du1]), jnp.stack([ddt0, ddt1]), dA_SBDN.sum(1),
+            jnp.stack([dB0.sum(1), dB1.sum(1)]), jnp.stack([dC0.sum(1), dC1.sum(1)]),
+            dbias_SBD.sum(1), dD_SBD.sum(1), dz)
 
 
 bidirectional_gated_scan_cpu.defvjp(_gated_fwd, _gated_bwd)

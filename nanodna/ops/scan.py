@@ -26,7 +26,7 @@ Implementations (`impl=`):
                a group of channels' states in registers), built on first use with the
                machine's C++ compiler; under shard_map when the batch is split over a mesh.
                BiMamba's whole block (bias + softplus, both scans, skip, gate) is one kernel
-               pass when nothing differentiates it (scoring, evaluation; `_gated_cpu`).
+               pass, and its backward one kernel call (`_gated_cpu`).
     "assoc"    one associative scan over the whole sequence (for benchmarks).
     "pallas"   the Pallas kernel in kernels/pallas (GPU / TPU, or interpret mode on CPU); when
                the inputs are split over a multi-device mesh it runs per device under shard_map.
@@ -214,7 +214,7 @@ def resolve_impl(impl: str) -> str:
 
 
 def _gated_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """BiMamba's whole scan block as kernels/cpu's gated op (one pass when not differentiated),
+    """BiMamba's whole scan block as kernels/cpu's gated op (one pass; its backward one call),
     or None where it does not apply: no skip, gate, bias or softplus, a batch split over a
     mesh, a state dtype other than float32, or shapes the gated kernel does not take."""
     if D is None or z is None or delta_bias is None or not delta_softplus:
@@ -331,7 +331,7 @@ def selective_scan_bidirectional(
     split over a mesh), with "chunked_vjp" / "fwd" in one XLA loop; otherwise two
     selective_scan calls. With "cpu", skip, gate, bias and softplus, float32 state and
     unsplit batches the call is kernels/cpu's gated op: softplus, both scans, skip and gate
-    in one pass when nothing differentiates it (`_gated_cpu`).
+    in one pass, and one kernel call for the backward (`_gated_cpu`).
     """
     impl = resolve_impl(impl)
     if impl == "pallas":
