@@ -1,7 +1,7 @@
 """The README's first command: PlantCAD's architecture, Caduceus-PS (BiMamba + RCPS), trained
 with PlantCAD's masked LM on the embedded simulated genomes, on a CPU.
 
-    python train.py --config configs/demo_caduceus.py     # 7 min on a fast 2-core VM (2026-12-02)
+    python train.py --config configs/demo_caduceus.py     # 5.5-7 min on 2-core VMs (2026-12-02)
 
 Same data and WSD schedule as configs/demo.py (the causal-transformer demo, the second
 example), a fixed 2,200 steps instead of its 1,515; the model and objective change. Two
@@ -9,9 +9,9 @@ layers, not four: the AUC depends on tokens seen (probes over lr 2e-3 to 1.2e-2,
 32 and width 64 to 128 all ended near 0.54 after ~1.8M tokens), and 64 x 2 learns as much per
 step as 64 x 4 did (AUC 0.578 vs 0.574 at step 1,100, 0.651 vs 0.653 at 1,515) at 1.9x the
 tokens/s. 2,200 steps, not 1,515: at 1,515 the full 3,000-row table scored 0.632-0.640 (two
-seeds); at 2,200, 0.703-0.709 (two seeds; 95% CIs from 0.684). The AUC sits at 0.52-0.61 for
+seeds); at 2,200, 0.703-0.709 (five runs, two seeds; 95% CIs from 0.683). The AUC sits at 0.52-0.61 for
 the first 1,200 steps and then climbs (BENCHMARKS.md, "Training: the demo", with the wall
-times measured on two VMs of this kind, 5-6x apart in matmul speed). The layers run as a
+times measured on three VMs of this kind, up to 6x apart in matmul speed). The layers run as a
 Python loop (unroll_layers: faster CPU steps), and the selective scan uses the fused CPU
 kernel (kernels/cpu) when a C++ compiler is there. A wall-clock budget stays available
 (train.max_minutes=10): the WSD run is then fitted to it once and the fit kept for resumes.

@@ -40,10 +40,10 @@ selective scan runs forward only (the kernels/cpu kernel outside a backward pass
 it, ops/scan_fwd.py's loop: no chunk-boundary states, nothing kept for a backward), the masked
 rule runs the LM head at the target position only (`model.logits_at`), and the batch size
 defaults to CPU_BATCH_SIZE (small batches waste less on padding the last batch and measured as
-fast per window as large ones on CPU). "old"
-is the path before issue 10 (full logits, the XLA chunked_vjp scan where "auto" now picks
-kernels/cpu: `old_model`, and eval.py's old default batch of 64, OLD_BATCH_SIZE), kept so that eval.py, benchmarks and tests can compare the two on
-one command; both give the same scores to float32 round-off.
+fast per window as large ones on CPU). "old" is the path before issue 10 (full logits, the
+XLA chunked_vjp scan and XLA's conv where "auto" now picks kernels/cpu: `old_model`, and
+eval.py's old default batch of 64, OLD_BATCH_SIZE), kept so that eval.py, benchmarks and tests
+can compare the two on one command; both give the same scores to float32 round-off.
 
 Glossary: B windows in a batch, L window length, V vocabulary (8), 4 the four alleles a/c/g/t
 (4B: the B x 4 allele copies folded into the batch, row b*4 + k), R rows of the table.
@@ -184,7 +184,8 @@ def inference_model(model):
 def old_model(model):
     """The model as the pre-issue-10 path ran it: on CPU "auto" then meant the chunked_vjp XLA
     scan (there was no kernel), so a model that would now take kernels/cpu gets that scan
-    back; elsewhere the model as it is. Same arrays, same function."""
+    back (and with it XLA's conv: nanodna.ops.conv follows the layer's scan impl); elsewhere
+    the model as it is. Same arrays, same function."""
     if resolve_impl("auto") == "cpu":
         return with_scan_impl(model, "chunked_vjp")
     return model
@@ -247,7 +248,8 @@ def score_table(
 
     strand_average None: the default for the model (`default_strand_average`: both strands,
     except Caduceus-PS, which is strand-invariant in one pass). batch_size None: the default
-    for the backend and path (`default_batch_size`). inference_path "fast" or "old" (module docstring).
+    for the backend and path (`default_batch_size`). inference_path "fast" or "old" (module
+    docstring).
     Raises ValueError for batch_size < 1 or an unknown inference_path."""
     if batch_size is None:
         batch_size = default_batch_size(inference_path)

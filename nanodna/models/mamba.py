@@ -143,8 +143,8 @@ class BiMamba(eqx.Module):
         if isinstance(self.rev, Mamba):
             return self.fwd(h_BLD) + self.rev(h_BLD, reverse=True)
         # Tied: both directions read one in_proj output and share the gate z; their convs go
-        # to one call (one kernels/cpu pass when scoring on CPU), their scans to another (a
-        # single fused launch with the Pallas kernel), and the scans are summed.
+        # to one call (one kernels/cpu pass each way on CPU), their scans to another (a single
+        # fused launch with the Pallas kernel or kernels/cpu), and the scans are summed.
         xz_BLE2 = self.fwd.in_proj(h_BLD)
         z_BLE = xz_BLE2[..., xz_BLE2.shape[-1] // 2 :]
         fwd, rev = self.fwd.ssm, self.rev
