@@ -43,6 +43,9 @@ TARGETS = {
     "NanodnaConvSiluBidirectionalF32": "nanodna_conv_silu_bidirectional_f32",
     "NanodnaConvSiluBidirectionalBwdF32": "nanodna_conv_silu_bidirectional_bwd_f32",
 }
+# The float32 vector paths put 8 or 16 adjacent channels in one vector: the channel counts
+# the fused kernels (the gated scan, the conv pair) take must divide by this.
+CHANNEL_MULTIPLE = 16
 BASE_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread"]
 ARCH_FLAGS = [["-march=native"], ["-mcpu=native"], []]  # first that compiles wins
 

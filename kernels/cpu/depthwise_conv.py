@@ -17,7 +17,6 @@ from jaxtyping import Array, Float
 
 from kernels.cpu import build
 
-CONV_E_MULTIPLE = 16  # channels divide into vectors of 8 or 16 lanes
 CONV_MAX_W = 8  # depthwise_conv.cc's kMaxK
 STEPS = 32  # depthwise_conv.cc's kSteps: time steps per work item
 
@@ -26,7 +25,7 @@ def conv_supported(xz: jax.Array, w: jax.Array) -> bool:
     """Whether the kernels take xz (B, L, >= E) and w (2, E, W): float32, E a multiple of 16,
     W at most 8."""
     E, W = w.shape[1], w.shape[2]
-    return (xz.dtype == jnp.float32 and w.dtype == jnp.float32 and E % CONV_E_MULTIPLE == 0
+    return (xz.dtype == jnp.float32 and w.dtype == jnp.float32 and E % build.CHANNEL_MULTIPLE == 0
             and E <= xz.shape[-1] and 1 <= W <= CONV_MAX_W)
 
 

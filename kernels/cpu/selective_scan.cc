@@ -482,7 +482,7 @@ void gated_backward_lanes(const Shape& s, const float* const u[2], const float* 
       const V x = load<V>(dt[sd] + k) + bias_d;
       store(ub.data() + t * W, load<V>(u[sd] + k));
       store(dtb.data() + t * W, vsoftplus(x));
-      store(sigb.data() + t * W, splat<V>(1.0f) / (splat<V>(1.0f) + vexp(-x)));
+      store(sigb.data() + t * W, vsigmoid(x));  // softplus'(x)
     }
     backward_lanes<V, N>(group, ub.data(), dtb.data(), A + (sd * D + d0) * N, B[sd] + b * LN,
                          C[sd] + b * LN, gb.data(), dub.data(), ddtb.data(), dAb.data(), PB[sd],

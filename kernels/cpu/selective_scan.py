@@ -103,20 +103,20 @@ def _bwd(reverse, bidirectional, res, dy):
 selective_scan_cpu.defvjp(_fwd, _bwd)
 
 
-GATED_D_MULTIPLE = 16  # the gated kernel's channels divide into vectors of 8 or 16 lanes
 GATED_N = (4, 8, 16, 32, 64)
 
 
 def gated_supported(u: jax.Array, A: jax.Array) -> bool:
     """Whether bidirectional_gated_scan_cpu takes these (S, B, L, D) / (S, D, N) shapes:
     float32, D a multiple of 16, N in GATED_N."""
-    return (u.dtype == jnp.float32 and u.shape[-1] % GATED_D_MULTIPLE == 0
-            and A.shape[-1] in GATED_N and D_BLOCK % GATED_D_MULTIPLE == 0)
+    return (u.dtype == jnp.float32 and u.shape[-1] % build.CHANNEL_MULTIPLE == 0
+            and A.shape[-1] in GATED_N and D_BLOCK % build.CHANNEL_MULTIPLE == 0)
 
 
 def gated_unfused(u, dt_raw, A, B, C, bias, D, z):
     """(y_fwd + y_rev + D_0 u_0 + D_1 u_1) * silu(z), dt = softplus(dt_raw + bias), from
-    selective_scan_cpu and XLA elementwise ops: the differentiable form of the gated kernel."""
+    selective_scan_cpu and XLA elementwise ops: the reference the gated op's forward and
+    backward are tested against."""
     dt = jax.nn.softplus(dt_raw + bias[:, None, None, :])
     y = selective_scan_cpu(u, dt, A, B, C, False, True)
     return (y[0] + y[1] + u[0] * D[0] + u[1] * D[1]) * jax.nn.silu(z)

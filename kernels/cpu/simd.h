@@ -155,10 +155,14 @@ inline V vsoftplus(V x) {
 template <typename V>
 inline V vsilu(V z) { return z / (splat<V>(1.0f) + vexp(-z)); }
 
+// sigmoid(z) = 1 / (1 + exp(-z)): softplus's and (within silu') the SiLU's derivative.
+template <typename V>
+inline V vsigmoid(V z) { return splat<V>(1.0f) / (splat<V>(1.0f) + vexp(-z)); }
+
 // silu'(z) = s (1 + z (1 - s)), s = sigmoid(z): the SiLU's derivative, for backward passes.
 template <typename V>
 inline V vsilu_grad(V z) {
-  const V s = splat<V>(1.0f) / (splat<V>(1.0f) + vexp(-z));
+  const V s = vsigmoid(z);
   return s * (splat<V>(1.0f) + z * (splat<V>(1.0f) - s));
 }
 
