@@ -115,6 +115,16 @@ void A_lanes(const float* A, int64_t d0, V (&A_n)[N], float scale = 1.0f) {
 
 constexpr float kLog2e = 1.44269504088896341f;
 
+// The vector paths' loops over the N states, fully unrolled for N 16 where there are 32 vector
+// registers (AVX-512): the N states then stay in registers instead of a stack array, which made
+// the l20 scan backward ~1.1x faster (BENCHMARKS.md, "Unrolled state loops"). With 16 registers
+// (AVX2) they could not, so the loops stay as the compiler chooses.
+#if defined(__AVX512F__)
+#define NANODNA_UNROLL_STATES _Pragma("GCC unroll 16")
+#else
+#define NANODNA_UNROLL_STATES
+#endif
+
 // Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
 // h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
 // W contiguous y: no strided loads and no sum across lanes.
@@ -147,13 +157,15 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
     if (add) prefetch(y + d0, t + ahead, L, D);
     const V dt_t = dt_bias ? steps[t] : load<V>(dt + t * D + d0);
     const V x = dt_t * load<V>(u + t * D + d0);
-    V acc = {};
-    for (int64_t n = 0; n < N; ++n) {
+    V acc[4] = {};  // y's sum over n in four parts: not one chain of N dependent FMAs
+    NANODNA_UNROLL_STATES
+    for (int64_t n = 0; n < N; ++n) {  // unrolled: h stays in registers
       h[n] = vexp2(dt_t * A_n[n]) * h[n] + x * B[t * N + n];
-      acc += h[n] * C[t * N + n];
+      acc[n % 4] += h[n] * C[t * N + n];
     }
-    if (add) acc += load<V>(y + t * D + d0);
-    store(y + t * D + d0, acc);
+    V y_t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    if (add) y_t += load<V>(y + t * D + d0);
+    store(y + t * D + d0, y_t);
   }
 }
 
@@ -244,7 +256,8 @@ void backward_lanes(const Shape& s, const float* u, const float* dt, const float
     prefetch(u + d0, t + ahead, L, D);
     prefetch(dt + d0, t + ahead, L, D);
     const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);
-    for (int64_t n = 0; n < N; ++n) {
+    NANODNA_UNROLL_STATES
+    for (int64_t n = 0; n < N; ++n) {  // unrolled: h stays in registers
       const V a = vexp2(dt_t * A2_n[n]);
       h[n] = a * h[n] + x * B[t * N + n];
       E[i * N + n] = a;
@@ -258,20 +271,21 @@ void backward_lanes(const Shape& s, const float* u, const float* dt, const float
       prefetch(p + d0, t - ahead, L, D);
     const V dt_t = load<V>(dt + t * D + d0), u_t = load<V>(u + t * D + d0);
     const V dy_t = load<V>(dy + t * D + d0), x = dt_t * u_t;
-    V gB = {}, wA = {};
+    V gB[2] = {}, wA[2] = {};  // sums over n in two parts each: shorter FMA chains
+    NANODNA_UNROLL_STATES
     for (int64_t n = 0; n < N; ++n) {
       const V a = E[i * N + n];
       const V g = ag[n] + dy_t * C[t * N + n];
       const V w = g * H[i * N + n] * a;
       dA_n[n] += w * dt_t;
-      gB += g * B[t * N + n];
-      wA += w * A_n[n];
+      gB[n % 2] += g * B[t * N + n];
+      wA[n % 2] += w * A_n[n];
       PB[t * N + n] += g * x;
       PC[t * N + n] += H[(i + 1) * N + n] * dy_t;
       ag[n] = a * g;
     }
-    store(du + t * D + d0, dt_t * gB);
-    store(ddt + t * D + d0, wA + u_t * gB);
+    store(du + t * D + d0, dt_t * (gB[0] + gB[1]));
+    store(ddt + t * D + d0, (wA[0] + wA[1]) + u_t * (gB[0] + gB[1]));
   }
   for (int64_t n = 0; n < N; ++n)
     for (int64_t w = 0; w < W; ++w) dA[(d0 + w) * N + n] = dA_n[n][w];
