@@ -2,8 +2,9 @@
 
 Parity of outputs and all gradients with the float64 reference, through nanodna.ops, is in
 test_scan_vjp.py (impl "cpu"); here the kernel is called directly: float64 inputs (the scalar
-path, which must agree to rounding), the float32 vector path at every N it takes (66
-channels: groups of W = 8 or 16 channels, then two left over for the scalar path), a batch
+path, which must agree to rounding), the float32 vector path at every N it takes (D_BLOCK + 2
+channels: two work items' blocks, groups of W = 8 or 16 channels, then two left over for the
+scalar path), a batch
 split over a mesh, vmap, what a user sees when no compiler is there, and the gated
 inference op (bias + softplus, both directions, skip and gate in one pass).
 """
@@ -17,7 +18,7 @@ import pytest
 
 from kernels import cpu as cpu_kernel
 from kernels.cpu import build
-from kernels.cpu.selective_scan import gated_unfused
+from kernels.cpu.selective_scan import D_BLOCK, gated_unfused
 from nanodna.ops import random_scan_inputs, selective_scan, selective_scan_bidirectional
 from nanodna.ops.scan import bidirectional_scan_ref
 
@@ -69,7 +70,7 @@ def test_float64_scalar_path_agrees_to_rounding(reverse, bidirectional):
 def test_float32_paths_match_float64(N):
     args64 = None
     with jax.enable_x64(True):
-        args64 = core_inputs(3 + N, 2, 2, 29, 66, N, jnp.float64)
+        args64 = core_inputs(3 + N, 2, 2, 29, D_BLOCK + 2, N, jnp.float64)  # two blocks
         w64 = jax.random.normal(jax.random.key(4), args64[0].shape, jnp.float64)
         ref = functools.partial(reference, reverse=False, bidirectional=True)
         y_ref = np.asarray(ref(*args64))
@@ -190,8 +191,9 @@ def test_gated_op_matches_the_unfused_composition_and_the_reference(N):
 def test_gated_op_gradient_matches_the_unfused_and_float64_gradients(N):
     """The gated op's own backward (one kernel call: both scans' backward, softplus, skip and
     gate) against autodiff of gated_unfused (the scan kernel's backward, XLA elementwise) and
-    of the lax.scan reference in float64. 80 channels: groups of 16 lanes in two blocks."""
-    args = gated_inputs(30 + N, 2, 21, 80, N)
+    of the lax.scan reference in float64. D_BLOCK + 16 channels: groups of 16 lanes in two
+    blocks."""
+    args = gated_inputs(30 + N, 2, 21, D_BLOCK + 16, N)
     w = jax.random.normal(jax.random.key(31), args[0].shape[1:])
     loss = lambda fn: lambda *a: jnp.sum(fn(*a) * w)  # noqa: E731
     argnums = tuple(range(8))

@@ -116,9 +116,10 @@ void A_lanes(const float* A, int64_t d0, V (&A_n)[N], float scale = 1.0f) {
 constexpr float kLog2e = 1.44269504088896341f;
 
 // The vector paths' loops over the N states, fully unrolled for N 16 where there are 32 vector
-// registers (AVX-512): the N states then stay in registers instead of a stack array, which made
-// the l20 scan backward ~1.1x faster (BENCHMARKS.md, "Unrolled state loops"). With 16 registers
-// (AVX2) they could not, so the loops stay as the compiler chooses.
+// registers (AVX-512): the N states then stay in registers instead of a stack array. One
+// thread runs the l20 backward 1.1-1.3x faster so; two threads sharing the caches showed no
+// change (BENCHMARKS.md, "Unrolled state loops"). With 16 registers (AVX2) the states could not
+// stay in registers, so the loops stay as the compiler chooses.
 #if defined(__AVX512F__)
 #define NANODNA_UNROLL_STATES _Pragma("GCC unroll 16")
 #else
