@@ -234,3 +234,23 @@ def test_gated_op_refuses_shapes_it_does_not_take():
     args = list(gated_inputs(50, 1, 5, 12, 16))  # 12 channels: not a multiple of the lanes
     with pytest.raises(Exception, match="divisible by"):
         jax.block_until_ready(cpu_kernel.bidirectional_gated_scan_cpu(*args))
+
+
+@pytest.mark.slow
+def test_kernel_ab_harness_builds_and_two_equal_versions_agree_exactly():
+    """benchmarks/bench_kernel_ab.py (two kernel versions timed in one process) compiles against
+    the kernel's internal functions, runs every function, and reports a's and b's outputs as
+    equal when a and b are the same files."""
+    import pathlib
+    import subprocess
+    import sys
+
+    if build._compiler() is None:
+        pytest.skip("no C++ compiler")
+    done = subprocess.run([sys.executable, "benchmarks/bench_kernel_ab.py", "--a", "worktree",
+                           "--repeats", "1", "--length", "40"], capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("scan forward", "scan backward", "gated forward", "gated backward"):
+        assert f"| {name} |" in done.stdout
+    assert "gated forward y 0.0e+00, gated backward du, ddt 0.0e+00" in done.stdout
