@@ -4,9 +4,9 @@ Parity of outputs and all gradients with the float64 reference, through nanodna.
 test_scan_vjp.py (impl "cpu"); here the kernel is called directly: float64 inputs (the scalar
 path, which must agree to rounding), the float32 vector path at every N it takes (D_BLOCK + 2
 channels: two work items' blocks, groups of W = 8 or 16 channels, then two left over for the
-scalar path), a batch
-split over a mesh, vmap, what a user sees when no compiler is there, and the gated
-inference op (bias + softplus, both directions, skip and gate in one pass).
+scalar path), a batch split over a mesh, vmap, what a user sees when no compiler is there, the
+gated op (bias + softplus, both directions, skip and gate in one pass) and its backward, and
+(slow) the A/B harness benchmarks/bench_kernel_ab.py.
 """
 
 import functools
