@@ -31,7 +31,8 @@ from kernels.cpu import build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HERE = pathlib.Path(__file__).resolve().parent / "kernel_ab"
-FILES = ("kernels/cpu/selective_scan.cc", "kernels/cpu/simd.h")
+# The scan kernel and the headers the build compiles it with (kernels/cpu/build.py).
+FILES = [str(f.resolve().relative_to(ROOT)) for f in [build.SOURCES[0], *build.HEADERS]]
 
 
 def checkout(version: str, into: pathlib.Path) -> pathlib.Path:

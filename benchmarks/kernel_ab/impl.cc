@@ -32,7 +32,7 @@ extern "C" void CAT(PREFIX, _scan_bwd)(const Row& r) {
   for (int64_t i = 0; i < r.L * W; ++i) ub[i] = r.u[0][i], dtb[i] = r.dt[0][i], gb[i] = r.dout[i];
   for (int64_t d = 0; d < r.D; d += W)
     for (int sd = 0; sd < 2; ++sd)
-      backward_lanes<V, 16>(group, ub.data(), dtb.data(), r.A + d * 16, r.B[sd], r.C[sd],
+      backward_lanes<V, 16>(group, ub.data(), dtb.data(), r.A + (sd * r.D + d) * 16, r.B[sd], r.C[sd],
                             gb.data(), dub.data(), ddtb.data(), dAb.data(), PB.data(), PC.data(),
                             0, sd == 1, H, E);
 }
