@@ -9,26 +9,39 @@
         --layers 3 --length 128 --batch 32 --scan-impl chunked_vjp cpu --unroll-layers
     python benchmarks/bench_model.py --size caduceus_tiny --width 64 --layers 3 --length 128 \
         --batch 32 --devices 1 2                    # the batch split over 1 vs 2 CPU "devices"
+    python benchmarks/bench_model.py --batch 1 --scan-impl cpu --xla-options nanodna default \
+        --repeats 5                                 # the train step's XLA options vs XLA's own
 
 Times one jitted value_and_grad of a masked-LM-style loss (no optimizer), median of
 --repeats after a compile + warm-up call; prints tokens/s and achieved FLOP/s from
-nanodna.models.flops_per_token. --devices splits the batch over a mesh of that many devices
+nanodna.models.flops_per_token. Every row is compiled first and the rows are then timed
+round-robin, one call each per round, so that a drifting machine slows them alike. With --matmul each timed step call is followed by three
+float32 2048^3 matmul calls, the fastest of which is the step's baseline, and "of matmul" is
+the median over steps of step FLOP/s / baseline FLOP/s: on a shared VM whose speed drifts by
+2x within minutes, a step and the matmul it is held against are then timed seconds apart, not
+minutes. (The fastest of three, because the first matmul after a step finds its operands out
+of cache and runs slower.) --devices splits the batch over a mesh of that many devices
 (on CPU, host "devices" made with XLA's --xla_force_host_platform_device_count, so one process
 can run independent loops, such as the selective scan's, on several cores at once).
+--xla-options nanodna compiles the step with the options nanodna's train step uses
+(nanodna.ops.compile_options), default with XLA's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
+from functools import partial
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from nanodna.models import build_model, count_params, flops_per_token, sizes
+from nanodna.ops.compile_options import cpu_compiler_options
 from nanodna.training.mesh import batch_sharding, make_mesh, replicated
 
 
@@ -43,13 +56,15 @@ def main():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true")
     p.add_argument("--matmul", action="store_true",
-                   help="also time a float32 2048^3 matmul in this process; rows then give "
+                   help="also time a float32 2048^3 matmul after every step; rows then give "
                         "their FLOP/s as a fraction of it")
     p.add_argument("--unroll-layers", action="store_true",
                    help="a Python loop over the blocks (ModelConfig.unroll_layers)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--devices", type=int, nargs="+", default=[1],
                    help="split the batch over this many devices (CPU: host devices), interleaved")
+    p.add_argument("--xla-options", nargs="+", default=["nanodna"], choices=["nanodna", "default"],
+                   help="compile with nanodna's train-step options or XLA's defaults (rows each)")
     args = p.parse_args()
     if max(args.devices) > 1 and "xla_force_host_platform_device_count" not in os.environ.get(
             "XLA_FLAGS", ""):  # read when the backend starts, i.e. at the first jax.devices()
@@ -58,55 +73,64 @@ def main():
 
     print(f"device: {jax.devices()[0].device_kind}; L={args.length}, {args.dtype}"
           f"{', remat' if args.remat else ''}{', unrolled layers' if args.unroll_layers else ''}")
-    peak = matmul_gflops(args.repeats) if args.matmul else None
-    if peak:
-        print(f"float32 matmul (2048 x 2048 x 2048, median of {args.repeats}): {peak:.1f} GFLOP/s")
-    print("| size | width | params | scan impl | B | devices | compile s | step ms (median) "
-          "| tokens/s | GFLOP/s |" + (" of matmul |" if peak else ""))
-    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""))
-    for width in args.width:  # sizes interleaved per width: same-run ratios
-        for size in args.size:
-            for impl in args.scan_impl:
-                over = {"max_len": max(args.length, sizes.get(size).max_len)}
-                if width is not None:
-                    over["d_model"] = width
-                if args.layers is not None:
-                    over["n_layers"] = args.layers
-                cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
-                                remat=args.remat, unroll_layers=args.unroll_layers, **over)
-                for Bsz in args.batch:
-                    for n_dev in args.devices:
-                        row = time_step(cfg, Bsz, args.length, args.repeats, n_dev)
-                        print(f"| {size} | {cfg.d_model} | {row['params']} | {impl} | {Bsz} | "
-                              f"{n_dev} | {row['compile_s']:.1f} | {row['step_s'] * 1e3:.0f} | "
-                              f"{row['tok_s']:.0f} | {row['gflops']:.1f} |"
-                              + (f" {row['gflops'] / peak:.0%} |" if peak else ""), flush=True)
+    rows = []  # (label cells, prepared step), compiled first, then timed round-robin
+    for width, size, impl in itertools.product(args.width, args.size, args.scan_impl):
+        over = {"max_len": max(args.length, sizes.get(size).max_len)}
+        if width is not None:
+            over["d_model"] = width
+        if args.layers is not None:
+            over["n_layers"] = args.layers
+        cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
+                        remat=args.remat, unroll_layers=args.unroll_layers, **over)
+        for Bsz, n_dev, xla in itertools.product(args.batch, args.devices, args.xla_options):
+            options = cpu_compiler_options() if xla == "nanodna" else {}
+            prepared = prepare_step(cfg, Bsz, args.length, n_dev, options)
+            xla_cell = xla if options or xla == "default" else "nanodna (none on this backend)"
+            rows.append(([size, cfg.d_model, prepared["params"], impl, xla_cell, Bsz, n_dev],
+                         prepared))
+            print(f"compiled {size} d_model {cfg.d_model} {impl} B {Bsz} on {n_dev} device(s), "
+                  f"XLA options {xla}: {prepared['compile_s']:.1f} s", flush=True)
+
+    matmul = make_matmul() if args.matmul else None
+    if matmul:
+        _seconds(matmul)  # compile
+    results = time_rows([prepared for _, prepared in rows], args.repeats, matmul)
+    print("| size | width | params | scan impl | XLA options | B | devices | compile s "
+          "| step ms (median) | tokens/s | GFLOP/s |"
+          + (" matmul GFLOP/s (best of 3 per step) | of matmul |" if matmul else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if matmul else ""))
+    for (cells, prepared), r in zip(rows, results):
+        print("| " + " | ".join(str(c) for c in cells)
+              + f" | {prepared['compile_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['tok_s']:.0f} "
+              f"| {r['gflops']:.1f} |"
+              + (f" {r['matmul_gflops']:.1f} | {r['of_matmul']:.0%} |" if matmul else ""))
 
 
-def matmul_gflops(repeats: int, n: int = 2048) -> float:
-    """GFLOP/s of one jitted float32 (n, n) @ (n, n): the rate a model step is held against."""
-    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (2, 3))
+MATMUL_N = 2048
+MATMUL_FLOPS = 2 * MATMUL_N**3
+MATMUL_CALLS = 3  # after each step; the fastest counts
+
+
+def make_matmul():
+    """A jitted float32 (2048, 2048) @ (2048, 2048), as a no-argument call: the rate a model
+    step is held against (MATMUL_FLOPS per call)."""
+    a, b = (jax.random.normal(jax.random.key(i), (MATMUL_N, MATMUL_N), jnp.float32)
+            for i in (2, 3))
     dot = jax.jit(jnp.dot)
-    _, seconds = warm_then_median(lambda: dot(a, b), repeats)
-    return 2 * n**3 / seconds / 1e9
+    return lambda: dot(a, b)
 
 
-def warm_then_median(fn, repeats: int) -> tuple[float, float]:
-    """(seconds of the first call, which compiles, and the median of `repeats` later calls)."""
+def _seconds(fn) -> float:
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    return time.perf_counter() - t0
 
 
-def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> dict:
-    """Compile, warm up and time one jitted value_and_grad of a token log-likelihood loss, the
-    batch split over the first n_devices devices (model replicated)."""
+def prepare_step(cfg, Bsz: int, length: int, n_devices: int = 1,
+                 compiler_options: dict | None = None) -> dict:
+    """Build, compile and warm up one jitted value_and_grad of a token log-likelihood loss, the
+    batch split over the first n_devices devices (model replicated): {"call" (no arguments),
+    "params", "compile_s", "flops" (model FLOPs of one call)}."""
     if Bsz % n_devices:
         raise SystemExit(f"error: batch {Bsz} does not split over {n_devices} devices")
     mesh = make_mesh(n_devices)
@@ -115,16 +139,40 @@ def time_step(cfg, Bsz: int, length: int, repeats: int, n_devices: int = 1) -> d
     tokens = jax.random.randint(jax.random.key(1), (Bsz, length), 3, 7)
     tokens = jax.device_put(tokens, batch_sharding(mesh))
 
-    @eqx.filter_jit
+    @partial(eqx.filter_jit, compiler_options=compiler_options or {})
     @eqx.filter_value_and_grad
     def loss(m, tokens):
         logp = jax.nn.log_softmax(m(tokens))
         return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
 
-    compile_s, step = warm_then_median(lambda: loss(model, tokens), repeats)
-    tok_s = Bsz * length / step
-    return {"params": count_params(model), "compile_s": compile_s, "step_s": step,
-            "tok_s": tok_s, "gflops": tok_s * flops_per_token(cfg, length) / 1e9}
+    call = lambda: loss(model, tokens)  # noqa: E731
+    compile_s = _seconds(call)
+    return {"call": call, "params": count_params(model), "compile_s": compile_s,
+            "flops": Bsz * length * flops_per_token(cfg, length), "tokens": Bsz * length}
+
+
+def time_rows(prepared: list[dict], repeats: int, matmul=None) -> list[dict]:
+    """Time every prepared step `repeats` times, round-robin (row 1, row 2, ..., row 1, ...), so
+    that the machine's drift falls on all rows alike; per row: median step seconds, tokens/s,
+    GFLOP/s. With `matmul` (from make_matmul), each step call is followed by MATMUL_CALLS
+    matmul calls, the fastest of which is that step's baseline; the row also gets the median
+    baseline GFLOP/s and the median ratio of step rate to baseline rate."""
+    pairs = [[] for _ in prepared]
+    for _ in range(repeats):
+        for row_pairs, prep in zip(pairs, prepared):
+            step_s = _seconds(prep["call"])
+            mm_s = min(_seconds(matmul) for _ in range(MATMUL_CALLS)) if matmul else None
+            row_pairs.append((step_s, mm_s))
+    out = []
+    for row_pairs, prep in zip(pairs, prepared):
+        step = statistics.median(s for s, _ in row_pairs)
+        r = {"step_s": step, "tok_s": prep["tokens"] / step, "gflops": prep["flops"] / step / 1e9}
+        if matmul:
+            r["matmul_gflops"] = statistics.median(MATMUL_FLOPS / m / 1e9 for _, m in row_pairs)
+            r["of_matmul"] = statistics.median(
+                (prep["flops"] / s) / (MATMUL_FLOPS / m) for s, m in row_pairs)
+        out.append(r)
+    return out
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from nanodna.checkpoint import model_static
 from nanodna.data.batch import Batch
+from nanodna.ops.compile_options import cpu_compiler_options
 from nanodna.training import mesh as mesh_lib
 
 EPS = 1e-8  # floor of the loss-weight sum: a batch with no weighted token has loss 0, not NaN
@@ -175,6 +176,7 @@ def make_train_step(static, optimizer: optax.GradientTransformation, state_shard
         in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
         out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=cpu_compiler_options(),
     )
 
 

@@ -1,0 +1,42 @@
+"""XLA compile options for nanodna's jitted train step, per backend.
+
+On CPU, XLA hands matmuls to YNNPACK, by default each dot as a library call of its own, with
+the transposes, pads and adds around it left to XLA's own (single-threaded) loops.
+`LIBRARY_FUSION_TYPE_DOT` groups the ops around each dot into YNNPACK fusions instead.
+Measured with `benchmarks/bench_model.py --xla-options nanodna default` (rows timed
+round-robin; BENCHMARKS.md, "YNNPACK dot fusions"): the demo-size train steps ran 1.2-1.3x
+faster for the transformer and 1.01-1.1x for Caduceus-PS; the PlantCAD l20 train step and the
+l20 forward (scoring) did not change, so only the train step asks for it.
+
+The option is experimental in XLA and its spelling may change, so `cpu_compiler_options` first
+checks that this jax accepts it, and otherwise asks for nothing: the step then compiles as
+before.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+@functools.cache
+def _accepted() -> bool:
+    """Whether this jax compiles a small dot under CPU_OPTIONS (default backend: CPU)."""
+    x = jnp.ones((8, 8), jnp.float32)
+    try:
+        jax.jit(jnp.dot).lower(x, x).compile(dict(CPU_OPTIONS))
+    except Exception:  # noqa: BLE001 - an unknown option or value: fall back to XLA's defaults
+        return False
+    return True
+
+
+def cpu_compiler_options() -> dict[str, str]:
+    """The options for `jax.jit(..., compiler_options=...)`: CPU_OPTIONS when the default
+    backend is CPU and this jax accepts them, else {} (GPU, TPU, or an XLA without the option)."""
+    if jax.default_backend() != "cpu" or not _accepted():
+        return {}
+    return dict(CPU_OPTIONS)
