@@ -15,16 +15,17 @@
 Times one jitted value_and_grad of a masked-LM-style loss (no optimizer), median of
 --repeats after a compile + warm-up call; prints tokens/s and achieved FLOP/s from
 nanodna.models.flops_per_token. Every row is compiled first and the rows are then timed
-round-robin, one call each per round, so that a drifting machine slows them alike. With --matmul each timed step call is followed by three
-float32 2048^3 matmul calls, the fastest of which is the step's baseline, and "of matmul" is
-the median over steps of step FLOP/s / baseline FLOP/s: on a shared VM whose speed drifts by
-2x within minutes, a step and the matmul it is held against are then timed seconds apart, not
-minutes. (The fastest of three, because the first matmul after a step finds its operands out
-of cache and runs slower.) --devices splits the batch over a mesh of that many devices
-(on CPU, host "devices" made with XLA's --xla_force_host_platform_device_count, so one process
-can run independent loops, such as the selective scan's, on several cores at once).
+round-robin, one call each per round, so that a drifting machine slows them alike. With
+--matmul each timed step call is followed by three float32 2048^3 matmul calls, the fastest of
+which is the step's baseline, and "of matmul" is the median over steps of step FLOP/s /
+baseline FLOP/s: on a shared VM whose speed drifts by 2x within minutes, a step and the matmul
+it is held against are then timed seconds apart, not minutes. (The fastest of three, because
+the first matmul after a step finds its operands out of cache and runs slower.) --devices
+splits the batch over a mesh of that many devices (on CPU, host "devices" made with XLA's
+--xla_force_host_platform_device_count, so one process can run independent loops, such as the
+selective scan's, on several cores at once).
 --xla-options nanodna compiles the step with the options nanodna's train step uses
-(nanodna.ops.compile_options), default with XLA's own.
+(nanodna.ops.compile_options: none for --dtype bfloat16), default with XLA's own.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ def main():
         cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
                         remat=args.remat, unroll_layers=args.unroll_layers, **over)
         for Bsz, n_dev, xla in itertools.product(args.batch, args.devices, args.xla_options):
-            options = cpu_compiler_options() if xla == "nanodna" else {}
+            options = cpu_compiler_options(args.dtype) if xla == "nanodna" else {}
             prepared = prepare_step(cfg, Bsz, args.length, n_dev, options)
-            xla_cell = xla if options or xla == "default" else "nanodna (none on this backend)"
+            xla_cell = xla if options or xla == "default" else "nanodna (none here)"
             rows.append(([size, cfg.d_model, prepared["params"], impl, xla_cell, Bsz, n_dev],
                          prepared))
             print(f"compiled {size} d_model {cfg.d_model} {impl} B {Bsz} on {n_dev} device(s), "

@@ -20,6 +20,11 @@ def test_unknown_option_falls_back_to_none(monkeypatch):
         compile_options._accepted.cache_clear()
 
 
+def test_bfloat16_models_get_none():
+    """A lone bfloat16 dot lost AMX under the option (BENCHMARKS.md, "YNNPACK dot fusions")."""
+    assert compile_options.cpu_compiler_options("bfloat16") == {}
+
+
 def test_options_keep_the_gradient():
     """A transformer's loss and gradient compiled with and without the options agree to float32
     rounding (the options only regroup XLA's fusions)."""

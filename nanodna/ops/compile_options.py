@@ -6,7 +6,9 @@ the transposes, pads and adds around it left to XLA's own (single-threaded) loop
 Measured with `benchmarks/bench_model.py --xla-options nanodna default` (rows timed
 round-robin; BENCHMARKS.md, "YNNPACK dot fusions"): the demo-size train steps ran 1.2-1.3x
 faster for the transformer and 1.01-1.1x for Caduceus-PS; the PlantCAD l20 train step and the
-l20 forward (scoring) did not change, so only the train step asks for it.
+l20 forward (scoring) did not change, so only the train step asks for it. Only float32 models
+ask: a lone bfloat16 2048^3 dot ran 466 GFLOP/s without the option and 73 with it (AMX is
+reached only outside the fusions; BENCHMARKS.md, same section).
 
 The option is experimental in XLA and its spelling may change, so `cpu_compiler_options` first
 checks that this jax accepts it, and otherwise asks for nothing: the step then compiles as
@@ -34,9 +36,11 @@ def _accepted() -> bool:
     return True
 
 
-def cpu_compiler_options() -> dict[str, str]:
-    """The options for `jax.jit(..., compiler_options=...)`: CPU_OPTIONS when the default
-    backend is CPU and this jax accepts them, else {} (GPU, TPU, or an XLA without the option)."""
-    if jax.default_backend() != "cpu" or not _accepted():
+def cpu_compiler_options(compute_dtype: str = "float32") -> dict[str, str]:
+    """The options for `jax.jit(..., compiler_options=...)` of a model whose matmuls run in
+    compute_dtype (ModelConfig.compute_dtype): CPU_OPTIONS when the default backend is CPU, the
+    matmuls are float32 and this jax accepts the options, else {} (GPU, TPU, bfloat16 matmuls,
+    or an XLA without the option)."""
+    if compute_dtype != "float32" or jax.default_backend() != "cpu" or not _accepted():
         return {}
     return dict(CPU_OPTIONS)

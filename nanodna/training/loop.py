@@ -93,9 +93,10 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     if jax.process_index() == 0:
         print(f"model: {n_params:,} parameters; mesh: {mesh.devices.size} x "
               f"{jax.devices()[0].device_kind}; fsdp={tc.fsdp}")
-    train_step = step_lib.make_train_step(static, optimizer, shardings, mesh,
-                                          microbatches=tc.microbatches,
-                                          skip_nonfinite=tc.skip_nonfinite)
+    train_step = step_lib.make_train_step(
+        static, optimizer, shardings, mesh, microbatches=tc.microbatches,
+        skip_nonfinite=tc.skip_nonfinite,
+        compute_dtype=getattr(cfg.model, "compute_dtype", "float32"))
     eval_step = step_lib.make_eval_step(static, shardings.params, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     budget = StepBudget(cfg, total)
