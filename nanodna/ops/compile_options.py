@@ -4,11 +4,12 @@ On CPU, XLA hands matmuls to YNNPACK, by default each dot as a library call of i
 the transposes, pads and adds around it left to XLA's own (single-threaded) loops.
 `LIBRARY_FUSION_TYPE_DOT` groups the ops around each dot into YNNPACK fusions instead.
 Measured with `benchmarks/bench_model.py --xla-options nanodna default` (rows timed
-round-robin; BENCHMARKS.md, "YNNPACK dot fusions"): the demo-size train steps ran 1.2-1.3x
-faster for the transformer and 1.01-1.1x for Caduceus-PS; the PlantCAD l20 train step and the
-l20 forward (scoring) did not change, so only the train step asks for it. Only float32 models
-ask: a lone bfloat16 2048^3 dot ran 466 GFLOP/s without the option and 73 with it (AMX is
-reached only outside the fusions; BENCHMARKS.md, same section).
+round-robin; BENCHMARKS.md, "YNNPACK dot fusions in the CPU train step"): in two of three runs
+the demo-size train steps ran 1.15-1.3x faster for the transformer and 1.01-1.16x for
+Caduceus-PS (the third, on a VM running 2-3x slow, read 0.86-2.0x); the PlantCAD l20 train step
+and the l20 forward (scoring) did not change, so only the train step asks for it. Only float32
+models ask: a lone bfloat16 2048^3 dot ran 466 GFLOP/s without the option and 73 with it (AMX
+is reached only outside the fusions; same section).
 
 The option is experimental in XLA and its spelling may change, so `cpu_compiler_options` first
 checks that this jax accepts it, and otherwise asks for nothing: the step then compiles as
