@@ -24,7 +24,9 @@ from nanodna.models import sizes
 def get_config() -> Config:
     return Config(
         # Caduceus-PS l20: BiMamba (add), tied in/out projections, RCPS; d_state 16, expand 2.
-        # bf16 matmuls on GPU / TPU; params, scan state and the loss stay float32.
+        # bf16 matmuls on GPU / TPU; params, scan state and the loss stay float32. On a CPU pass
+        # model.compute_dtype=float32: the bf16 step is several times slower there (BENCHMARKS.md,
+        # "YNNPACK dot fusions in the CPU train step").
         # remat: recompute each block's activations in the backward pass (see train below).
         model=sizes.get("plantcad_l20", max_len=512, compute_dtype="bfloat16", remat=True),
         data=DataConfig(
