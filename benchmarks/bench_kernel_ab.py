@@ -28,6 +28,7 @@ import tempfile
 import jax
 
 from kernels.cpu import build
+from kernels.cpu.selective_scan import CHUNK
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HERE = pathlib.Path(__file__).resolve().parent / "kernel_ab"
@@ -58,6 +59,8 @@ def main():
     p.add_argument("--b", default="worktree", help="git revision, or 'worktree' (default)")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--length", type=int, default=512, help="L of the row")
+    p.add_argument("--chunk", type=int, default=CHUNK,
+                   help="steps per chunk of the gated backward's replay")
     args = p.parse_args()
     cxx = build._compiler()
     if cxx is None:
@@ -79,7 +82,8 @@ def main():
         subprocess.run([cxx, *flags, f"-I{HERE}", str(HERE / "main.cc"), *objects,
                         "-Wl,--allow-multiple-definition", "-o", str(exe)], check=True)
         print(f"a = {args.a}, b = {args.b}")
-        subprocess.run([str(exe), str(args.repeats), str(args.length)], check=True)
+        subprocess.run([str(exe), str(args.repeats), str(args.length), str(args.chunk)],
+                       check=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import pytest
 
 from kernels import cpu as cpu_kernel
 from kernels.cpu import build
-from kernels.cpu.selective_scan import D_BLOCK, gated_unfused
+from kernels.cpu import selective_scan as scan_module
+from kernels.cpu.selective_scan import CHUNK, D_BLOCK, gated_unfused
 from nanodna.ops import random_scan_inputs, selective_scan, selective_scan_bidirectional
 from nanodna.ops.scan import bidirectional_scan_ref
 
@@ -187,13 +188,18 @@ def test_gated_op_matches_the_unfused_composition_and_the_reference(N):
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5 * np.abs(y_ref).max())
 
 
-@pytest.mark.parametrize("N", [4, 16])
-def test_gated_op_gradient_matches_the_unfused_and_float64_gradients(N):
-    """The gated op's own backward (one kernel call: both scans' backward, softplus, skip and
-    gate) against autodiff of gated_unfused (the scan kernel's backward, XLA elementwise) and
-    of the lax.scan reference in float64. D_BLOCK + 16 channels: groups of 16 lanes in two
-    blocks."""
-    args = gated_inputs(30 + N, 2, 21, D_BLOCK + 16, N)
+@pytest.mark.parametrize(
+    "N,L,chunk",
+    [(4, 21, CHUNK), (16, 21, CHUNK),  # one chunk, shorter than CHUNK
+     (16, 2 * CHUNK + 5, CHUNK),  # three chunks, the last (first replayed) of 5 steps
+     (8, 21, 8)])  # three chunks of a smaller CHUNK, the last of 5 steps
+def test_gated_op_gradient_matches_the_unfused_and_float64_gradients(N, L, chunk, monkeypatch):
+    """The gated op's own backward (one kernel call: both scans' backward, chunk by chunk from
+    the states the forward saved, softplus, skip and gate) against autodiff of gated_unfused
+    (the scan kernel's backward, XLA elementwise) and of the lax.scan reference in float64.
+    D_BLOCK + 16 channels: groups of 16 lanes in two blocks."""
+    monkeypatch.setattr(scan_module, "CHUNK", chunk)  # read when the forward is traced
+    args = gated_inputs(30 + N + L, 2, L, D_BLOCK + 16, N)
     w = jax.random.normal(jax.random.key(31), args[0].shape[1:])
     loss = lambda fn: lambda *a: jnp.sum(fn(*a) * w)  # noqa: E731
     argnums = tuple(range(8))

@@ -1,7 +1,7 @@
 // One version of kernels/cpu/selective_scan.cc (#included as KERNEL_SRC), its inner functions
 // on one row behind extern "C" names PREFIX_scan_fwd etc., so that two versions link into one
 // binary (benchmarks/bench_kernel_ab.py). Uses the kernel's internal API (forward_lanes,
-// backward_lanes, gated_lanes, gated_backward_lanes): versions compared must share it.
+// backward_lanes, gated_lanes, gated_backward_block): versions compared must share it.
 #include KERNEL_SRC
 #include "row.h"
 
@@ -41,18 +41,20 @@ extern "C" void CAT(PREFIX, _scan_bwd)(const Row& r) {
 extern "C" void CAT(PREFIX, _gated_fwd)(const Row& r) {
   const Shape s{2, 1, r.L, r.D, r.N, 64, r.D / 64};
   for (int64_t d = 0; d < r.D; d += W)
-    gated_lanes<V, 16>(s, r.u, r.dt_raw, r.A, r.B, r.C, r.bias, r.Dskip, r.z, r.y, r.pre, 0, d);
+    gated_lanes<V, 16>(s, r.u, r.dt_raw, r.A, r.B, r.C, r.bias, r.Dskip, r.z, r.y, r.pre, 0, d,
+                       r.h_chunks, r.chunk);
 }
 
-// The gated block's backward, every group of the row.
+// The gated block's backward, every block of 128 channels of the row (as the kernel's work
+// items, D_BLOCK in kernels/cpu/selective_scan.py), from the states the forward saved.
 extern "C" void CAT(PREFIX, _gated_bwd)(const Row& r) {
-  const Shape s{2, 1, r.L, r.D, r.N, 64, r.D / 64};
+  const Shape s{2, 1, r.L, r.D, r.N, 128, r.D / 128};
   const GatedGrads o{{r.du[0], r.du[1]}, {r.ddt[0], r.ddt[1]}, r.dA, r.dbias, r.dD, r.dz};
-  thread_local std::vector<V> PB0, PB1, PC0, PC1;
-  for (auto* v : {&PB0, &PC0, &PB1, &PC1}) v->assign(r.L * r.N, V{});
-  V* const PB[2] = {PB0.data(), PB1.data()};
-  V* const PC[2] = {PC0.data(), PC1.data()};
-  for (int64_t d = 0; d < r.D; d += W)
-    gated_backward_lanes<V, 16>(s, r.u, r.dt_raw, r.A, r.B, r.C, r.bias, r.Dskip, r.z, r.pre,
-                                r.dout, o, PB, PC, 0, d);
+  thread_local std::vector<float> dB0, dB1, dC0, dC1;  // (L, N) per block, overwritten
+  for (auto* v : {&dB0, &dB1, &dC0, &dC1}) v->resize(r.L * r.N);
+  float* const dB[2] = {dB0.data(), dB1.data()};
+  float* const dC[2] = {dC0.data(), dC1.data()};
+  for (int64_t d = 0; d < r.D; d += s.d_block)
+    gated_backward_block<V, 16>(s, r.u, r.dt_raw, r.A, r.B, r.C, r.bias, r.Dskip, r.z, r.pre,
+                                r.dout, r.h_chunks, r.chunk, o, dB, dC, 0, d, d + s.d_block);
 }

@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
   r.dbias = array(2 * D, 0, 0);
   r.dD = array(2 * D, 0, 0);
   r.dz = array(L * D, 0, 0);
+  r.chunk = argc > 3 ? std::atoi(argv[3]) : 64;
+  r.h_chunks = array(2 * ((L + r.chunk - 1) / r.chunk) * N * D, 0, 0);
 
   const char* names[4] = {"scan forward", "scan backward", "gated forward", "gated backward"};
   void (*fn[4][2])(const Row&) = {{a_scan_fwd, b_scan_fwd}, {a_scan_bwd, b_scan_bwd},
@@ -72,8 +74,8 @@ int main(int argc, char** argv) {
         best[k][v] = std::min(best[k][v], s);
       }
   const double state_steps = 2.0 * L * D * N;
-  printf("one row, L %ld, D %ld, N %ld, both directions; min of %d repeats, one thread\n",
-         (long)L, (long)D, (long)N, reps);
+  printf("one row, L %ld, D %ld, N %ld, both directions, chunk %ld; min of %d repeats, one "
+         "thread\n", (long)L, (long)D, (long)N, (long)r.chunk, reps);
   printf("| function | a ms | b ms | a / b | b ns per state-step |\n|---|---|---|---|---|\n");
   for (int k = 0; k < 4; ++k)
     printf("| %s | %.2f | %.2f | %.2fx | %.3f |\n", names[k], best[k][0] * 1e3, best[k][1] * 1e3,

@@ -6,4 +6,6 @@ struct Row {
   int64_t L, D, N;
   const float *u[2], *dt_raw[2], *dt[2], *B[2], *C[2], *A, *bias, *Dskip, *z, *dout;
   float *y, *pre, *du[2], *ddt[2], *dA, *dbias, *dD, *dz;
+  float* h_chunks;  // (2, 1, ceil(L / chunk), N, D): the gated forward's saved states
+  int64_t chunk;
 };

@@ -14,10 +14,14 @@
 //   du_t = dt_t sum_n g_t B_t                 ddt_t = sum_n g_t (A a_t h_{t-1} + B_t u_t)
 //   dB_t = sum_d g_t dt_t u_t                 dC_t = sum_d h_t dy_t
 //   dA = sum_{b,t} g_t h_{t-1} a_t dt_t
-// The backward replays a channel group's forward into per-thread buffers of h_t and a_t
-// ((L + 1) x N and L x N vectors), then runs the adjoint. No chunk-boundary states are saved:
-// the replay is cheap. The sums over d in dB and dC are kept one lane per channel while a
-// block of channels runs and summed across lanes once at its end.
+// The backward replays a channel group's forward into per-thread buffers of h_t and a_t, then
+// runs the adjoint. The plain scan replays all L steps at once ((L + 1) x N and L x N vectors).
+// The gated block's training forward also saves h at the start of every chunk of steps
+// (h_chunks), so that its backward replays one chunk at a time, from the end, each chunk's
+// buffers staying in L2 between its replay and its adjoint; without saved states a chunked
+// replay needed an extra forward pass, which cost more than it saved. The sums over d in dB
+// and dC are kept one lane per channel while a block of channels runs and summed across lanes
+// once at its end (BENCHMARKS.md, "Saved chunk states for the gated backward").
 //
 // BiMamba's gated block (softplus of dt + bias, both directions, D skip, SiLU gate) has its own
 // forward and backward handlers below, which take each direction's arrays as separate buffers
@@ -131,10 +135,13 @@ constexpr float kLog2e = 1.44269504088896341f;
 // W contiguous y: no strided loads and no sum across lanes.
 // With `dt_bias` (inference, scan_gated_fwd) dt holds the raw step size: softplus(dt + bias)
 // is taken on the fly. `add`: y += the scan instead of y = (the second direction's pass).
+// With `h_chunks` (the gated training forward) h before every chunk of `chunk` steps, in
+// processing order, is stored at h_chunks[(c * N + n) * D + d0 ..], for the backward's replay.
 template <typename V, int64_t N>
 void forward_lanes(const Shape& s, const float* u, const float* dt, const float* A, const float* B,
                    const float* C, float* y, int64_t d0, bool reverse,
-                   const float* dt_bias = nullptr, bool add = false) {
+                   const float* dt_bias = nullptr, bool add = false, float* h_chunks = nullptr,
+                   int64_t chunk = 0) {
   const int64_t L = s.L, D = s.D;
   V A_n[N], h[N] = {};
   A_lanes(A, d0, A_n, kLog2e);
@@ -151,22 +158,27 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
     }
   }
   const int64_t ahead = reverse ? -kAhead : kAhead;
-  for (int64_t i = 0; i < L; ++i) {
-    const int64_t t = reverse ? L - 1 - i : i;
-    prefetch(u + d0, t + ahead, L, D);
-    if (!dt_bias) prefetch(dt + d0, t + ahead, L, D);
-    if (add) prefetch(y + d0, t + ahead, L, D);
-    const V dt_t = dt_bias ? steps[t] : load<V>(dt + t * D + d0);
-    const V x = dt_t * load<V>(u + t * D + d0);
-    V acc[4] = {};  // y's sum over n in four parts: not one chain of N dependent FMAs
-    NANODNA_UNROLL_STATES
-    for (int64_t n = 0; n < N; ++n) {  // unrolled: h stays in registers
-      h[n] = vexp2(dt_t * A_n[n]) * h[n] + x * B[t * N + n];
-      acc[n % 4] += h[n] * C[t * N + n];
+  const int64_t span = h_chunks ? chunk : L;  // steps between stores of h
+  for (int64_t i0 = 0; i0 < L; i0 += span) {
+    if (h_chunks)
+      for (int64_t n = 0; n < N; ++n) store(h_chunks + ((i0 / span) * N + n) * D + d0, h[n]);
+    for (int64_t i = i0; i < std::min(L, i0 + span); ++i) {
+      const int64_t t = reverse ? L - 1 - i : i;
+      prefetch(u + d0, t + ahead, L, D);
+      if (!dt_bias) prefetch(dt + d0, t + ahead, L, D);
+      if (add) prefetch(y + d0, t + ahead, L, D);
+      const V dt_t = dt_bias ? steps[t] : load<V>(dt + t * D + d0);
+      const V x = dt_t * load<V>(u + t * D + d0);
+      V acc[4] = {};  // y's sum over n in four parts: not one chain of N dependent FMAs
+      NANODNA_UNROLL_STATES
+      for (int64_t n = 0; n < N; ++n) {  // unrolled: h stays in registers
+        h[n] = vexp2(dt_t * A_n[n]) * h[n] + x * B[t * N + n];
+        acc[n % 4] += h[n] * C[t * N + n];
+      }
+      V y_t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+      if (add) y_t += load<V>(y + t * D + d0);
+      store(y + t * D + d0, y_t);
     }
-    V y_t = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    if (add) y_t += load<V>(y + t * D + d0);
-    store(y + t * D + d0, y_t);
   }
 }
 
@@ -174,15 +186,19 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
 // softplus on the fly), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z) in place, and the
 // value before the gate into pre when pre is given (training keeps it for the backward). u[s],
 // dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N); bias, Dskip (2, D).
+// h_chunks (training, with pre): each direction's h before every chunk of `chunk` steps in its
+// processing order, (2, B, n_chunks, N, D), n_chunks = ceil(L / chunk).
 template <typename V, int64_t N>
 void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
                  const float* A, const float* const B[2], const float* const C[2],
                  const float* bias, const float* Dskip, const float* z, float* y, float* pre,
-                 int64_t b, int64_t d0) {
+                 int64_t b, int64_t d0, float* h_chunks = nullptr, int64_t chunk = 0) {
   const int64_t L = s.L, D = s.D, LD = L * D, LN = L * s.N;
+  const int64_t chunk_states = h_chunks ? (L + chunk - 1) / chunk * N * D : 0;  // per (s, b)
   for (int64_t sd = 0; sd < 2; ++sd)  // direction 0 forward, 1 reverse (and added)
     forward_lanes<V, N>(s, u[sd] + b * LD, dt[sd] + b * LD, A + sd * D * N, B[sd] + b * LN,
-                        C[sd] + b * LN, y + b * LD, d0, sd == 1, bias + sd * D, sd == 1);
+                        C[sd] + b * LN, y + b * LD, d0, sd == 1, bias + sd * D, sd == 1,
+                        h_chunks ? h_chunks + (sd * s.B + b) * chunk_states : nullptr, chunk);
   const V D0 = load<V>(Dskip + d0), D1 = load<V>(Dskip + D + d0);
   for (int64_t t = 0; t < L; ++t) {
     const int64_t k = b * LD + t * D + d0;
@@ -233,60 +249,84 @@ void backward_channel(const Shape& s, const F* u, const F* dt, const F* A_N, con
   for (int64_t n = 0; n < N; ++n) dA_N[n] = dA[n];
 }
 
-// Vector path of the backward, float32, channels d0 .. d0 + W - 1 in lanes as in forward_lanes:
-// replay their forward into H (h_{t-1} and h_t) and E (a_t), (L + 1) x N and L x N vectors,
-// then the adjoint from the end. du, ddt written at [t, d0 .. d0 + W); dA (D, N) written at
-// rows d0 .. d0 + W - 1. The terms of dB and dC are added into PB, PC (L x N vectors, one lane
-// per channel), which backward_block sums over lanes once per block of channels.
+// Where the backward's replay starts: h before every chunk of `len` steps (processing order),
+// as the gated training forward saved it, chunk c's state n for the group's W lanes at
+// at[(c * N + n) * ld]. The default (no states): one chunk of all L steps, from h = 0.
+struct ChunkStates {
+  const float* at = nullptr;
+  int64_t ld = 0, len = 0;
+};
+
+// Vector path of the backward, float32, channels d0 .. d0 + W - 1 in lanes as in forward_lanes.
+// Chunk by chunk from the end of the processing order: replay the chunk's forward from its
+// saved start state into H (h_{t-1} and h_t) and E (a_t), (len + 1) x N and len x N vectors,
+// then run the chunk's adjoint. With saved states a chunk's H and E (132 KiB at 64 steps,
+// N 16) stay in L2 between the replay that writes them and the adjoint that reads them, which
+// a whole sequence's (1 MiB at L 512) did not; without (the plain scan) the one chunk is L
+// steps. du, ddt written at [t, d0 .. d0 + W); dA (D, N) written at rows d0 .. d0 + W - 1.
+// The terms of dB and dC are added into PB, PC (L x N vectors, one lane per channel), which
+// the caller sums over lanes once per block of channels.
 template <typename V, int64_t N>
 void backward_lanes(const Shape& s, const float* u, const float* dt, const float* A,
                     const float* B, const float* C, const float* dy, float* du, float* ddt,
                     float* dA, V* PB, V* PC, int64_t d0, bool reverse, std::vector<V>& H,
-                    std::vector<V>& E) {
+                    std::vector<V>& E, const ChunkStates& starts = {}) {
   constexpr int64_t W = kLanes<V>;
   const int64_t L = s.L, D = s.D;
-  H.resize((L + 1) * N);  // H[0 .. N) is h_{-1} = 0, H[(i + 1) N ..) is h after step i
-  E.resize(L * N);
-  V A_n[N], A2_n[N], h[N] = {};
+  const int64_t len = starts.at ? starts.len : L, n_chunks = (L + len - 1) / len;
+  H.resize((len + 1) * N);  // H[0 .. N) is h before the chunk, H[(j + 1) N ..) after its step j
+  E.resize(len * N);
+  V A_n[N], A2_n[N];
   A_lanes(A, d0, A_n);
   A_lanes(A, d0, A2_n, kLog2e);
-  for (int64_t n = 0; n < N; ++n) H[n] = h[n];
   const int64_t ahead = reverse ? -kAhead : kAhead;
-  for (int64_t i = 0; i < L; ++i) {  // replay
-    const int64_t t = reverse ? L - 1 - i : i;
-    prefetch(u + d0, t + ahead, L, D);
-    prefetch(dt + d0, t + ahead, L, D);
-    const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);
-    NANODNA_UNROLL_STATES
-    for (int64_t n = 0; n < N; ++n) {  // unrolled: h stays in registers
-      const V a = vexp2(dt_t * A2_n[n]);
-      h[n] = a * h[n] + x * B[t * N + n];
-      E[i * N + n] = a;
-      H[(i + 1) * N + n] = h[n];
-    }
-  }
-  V ag[N] = {}, dA_n[N] = {};  // ag = a_{t+1} g_{t+1}
-  for (int64_t i = L - 1; i >= 0; --i) {  // adjoint
-    const int64_t t = reverse ? L - 1 - i : i;
-    for (const float* p : {u, dt, dy, static_cast<const float*>(du), static_cast<const float*>(ddt)})
-      prefetch(p + d0, t - ahead, L, D);
-    const V dt_t = load<V>(dt + t * D + d0), u_t = load<V>(u + t * D + d0);
-    const V dy_t = load<V>(dy + t * D + d0), x = dt_t * u_t;
-    V gB[2] = {}, wA[2] = {};  // sums over n in two parts each: shorter FMA chains
-    NANODNA_UNROLL_STATES
+  // The replay prefetches kAhead steps on when it runs the whole sequence, else the same step
+  // of the chunk replayed next (the one before, in processing order).
+  const int64_t replay_ahead = n_chunks == 1 ? ahead : (reverse ? len : -len);
+  V ag[N] = {}, dA_n[N] = {};  // ag = a_{t+1} g_{t+1}, carried from chunk to chunk
+  for (int64_t c = n_chunks - 1; c >= 0; --c) {
+    const int64_t i0 = c * len, i1 = std::min(L, i0 + len);
+    V h[N];
     for (int64_t n = 0; n < N; ++n) {
-      const V a = E[i * N + n];
-      const V g = ag[n] + dy_t * C[t * N + n];
-      const V w = g * H[i * N + n] * a;
-      dA_n[n] += w * dt_t;
-      gB[n % 2] += g * B[t * N + n];
-      wA[n % 2] += w * A_n[n];
-      PB[t * N + n] += g * x;
-      PC[t * N + n] += H[(i + 1) * N + n] * dy_t;
-      ag[n] = a * g;
+      h[n] = starts.at ? load<V>(starts.at + (c * N + n) * starts.ld) : V{};
+      H[n] = h[n];
     }
-    store(du + t * D + d0, dt_t * (gB[0] + gB[1]));
-    store(ddt + t * D + d0, (wA[0] + wA[1]) + u_t * (gB[0] + gB[1]));
+    for (int64_t i = i0; i < i1; ++i) {  // replay
+      const int64_t t = reverse ? L - 1 - i : i, j = i - i0;
+      prefetch(u + d0, t + replay_ahead, L, D);
+      prefetch(dt + d0, t + replay_ahead, L, D);
+      const V dt_t = load<V>(dt + t * D + d0), x = dt_t * load<V>(u + t * D + d0);
+      NANODNA_UNROLL_STATES
+      for (int64_t n = 0; n < N; ++n) {  // unrolled: h stays in registers
+        const V a = vexp2(dt_t * A2_n[n]);
+        h[n] = a * h[n] + x * B[t * N + n];
+        E[j * N + n] = a;
+        H[(j + 1) * N + n] = h[n];
+      }
+    }
+    for (int64_t i = i1 - 1; i >= i0; --i) {  // adjoint
+      const int64_t t = reverse ? L - 1 - i : i, j = i - i0;
+      for (const float* p : {u, dt, dy, static_cast<const float*>(du),
+                             static_cast<const float*>(ddt)})
+        prefetch(p + d0, t - ahead, L, D);
+      const V dt_t = load<V>(dt + t * D + d0), u_t = load<V>(u + t * D + d0);
+      const V dy_t = load<V>(dy + t * D + d0), x = dt_t * u_t;
+      V gB[2] = {}, wA[2] = {};  // sums over n in two parts each: shorter FMA chains
+      NANODNA_UNROLL_STATES
+      for (int64_t n = 0; n < N; ++n) {
+        const V a = E[j * N + n];
+        const V g = ag[n] + dy_t * C[t * N + n];
+        const V w = g * H[j * N + n] * a;
+        dA_n[n] += w * dt_t;
+        gB[n % 2] += g * B[t * N + n];
+        wA[n % 2] += w * A_n[n];
+        PB[t * N + n] += g * x;
+        PC[t * N + n] += H[(j + 1) * N + n] * dy_t;
+        ag[n] = a * g;
+      }
+      store(du + t * D + d0, dt_t * (gB[0] + gB[1]));
+      store(ddt + t * D + d0, (wA[0] + wA[1]) + u_t * (gB[0] + gB[1]));
+    }
   }
   for (int64_t n = 0; n < N; ++n)
     for (int64_t w = 0; w < W; ++w) dA[(d0 + w) * N + n] = dA_n[n][w];
@@ -382,8 +422,9 @@ ffi::Error scan_fwd(ffi::Buffer<T> u, ffi::Buffer<T> dt, ffi::Buffer<T> A, ffi::
 // (B, L, N) come as separate buffers (no stacked copy); A (2, D, N), bias and D (2, D). D must
 // divide by the vector width W and N be in {4, 8, 16, 32, 64} (the caller checks; other
 // shapes run the unfused path). Work items are (row, channel block), both directions in one.
-// scan_gated_fwd is inference; scan_gated_fwd_res also returns the value before the gate, and
-// scan_gated_bwd is the backward that uses it (training).
+// scan_gated_fwd is inference; scan_gated_fwd_res also returns the value before the gate and
+// each direction's h before every chunk of `chunk` steps (h_chunks, (2, B, n_chunks, N, D) in
+// processing order), and scan_gated_bwd is the backward that uses them (training).
 using F32Buf = ffi::Buffer<ffi::F32>;
 
 // The shapes of the gated block's inputs as a Shape (S = 2), or an error message in err.
@@ -414,13 +455,23 @@ Shape gated_shape(const F32Buf& u0, const F32Buf& u1, const F32Buf& dt0, const F
   return s;
 }
 
+// "" if h_chunks is (2, B, ceil(L / chunk), N, D), else an error message.
+std::string check_chunks(const Shape& s, const F32Buf& h_chunks, int64_t chunk) {
+  if (chunk < 1) return "chunk must be >= 1";
+  if (!has_shape(h_chunks.dimensions(), {2, s.B, (s.L + chunk - 1) / chunk, s.N, s.D}))
+    return "h_chunks must be (2, B, ceil(L / chunk), N, D)";
+  return "";
+}
+
 ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
                      F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
-                     float* py, float* ppre, int64_t d_block) {
+                     float* py, float* ppre, const F32Buf* h_chunks, int64_t chunk,
+                     int64_t d_block) {
   using V = f32xW;
   constexpr int64_t W = kLanes<V>;
   std::string err;
   const Shape s = gated_shape(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, d_block, err);
+  if (err.empty() && h_chunks) err = check_chunks(s, *h_chunks, chunk);
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const float* const pu[2] = {u0.typed_data(), u1.typed_data()};
   const float* const pdt[2] = {dt0.typed_data(), dt1.typed_data()};
@@ -428,12 +479,13 @@ ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32
   const float* const pC[2] = {C0.typed_data(), C1.typed_data()};
   const float *pA = A.typed_data(), *pbias = bias.typed_data(), *pD = Dskip.typed_data();
   const float* pz = z.typed_data();
+  float* ph_chunks = h_chunks ? h_chunks->typed_data() : nullptr;
   parallel_for(s.B * s.P, [&](int64_t item) {
     const int64_t b = item / s.P, p = item % s.P;
     for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
       with_vector_n(s.N, [&](auto Nc) {
         gated_lanes<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, ppre, b,
-                                            d);
+                                            d, ph_chunks, chunk);
       });
   });
   return ffi::Error::Success();
@@ -443,15 +495,17 @@ ffi::Error scan_gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A
                           F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
                           ffi::ResultBuffer<ffi::F32> y, int64_t d_block) {
   return gated_fwd(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, y->typed_data(),
-                   nullptr, d_block);
+                   nullptr, nullptr, 0, d_block);
 }
 
 ffi::Error scan_gated_fwd_res(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A,
                               F32Buf B0, F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias,
                               F32Buf Dskip, F32Buf z, ffi::ResultBuffer<ffi::F32> y,
-                              ffi::ResultBuffer<ffi::F32> pre, int64_t d_block) {
+                              ffi::ResultBuffer<ffi::F32> pre,
+                              ffi::ResultBuffer<ffi::F32> h_chunks, int64_t d_block,
+                              int64_t chunk) {
   return gated_fwd(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, y->typed_data(),
-                   pre->typed_data(), d_block);
+                   pre->typed_data(), &*h_chunks, chunk, d_block);
 }
 
 // The gated block's gradients, one pointer per output (see scan_gated_bwd for the layouts).
@@ -464,81 +518,127 @@ struct GatedGrads {
   float* dz;     // (B, L, D)
 };
 
-// Backward of gated_lanes for channels d0 .. d0 + W - 1 of row b. g = dout silu(z) is both
-// scans' output gradient; each direction's scan backward is backward_lanes on (L, W) copies of
-// u, softplus(dt_raw + bias) and g (a Shape whose D is W), and the chain rule ends here:
-// du += g D, ddt_raw = ddt sigmoid(dt_raw + bias), dbias = sum_t ddt_raw, dD = sum_t g u, and
-// dz = dout pre silu'(z). dB, dC terms go into PB[s], PC[s] as in backward_block.
-template <typename V, int64_t N>
-void gated_backward_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
-                          const float* A, const float* const B[2], const float* const C[2],
-                          const float* bias, const float* Dskip, const float* z,
-                          const float* pre, const float* dout, const GatedGrads& o,
-                          V* const PB[2], V* const PC[2], int64_t b, int64_t d0) {
+// The gate's backward for channels d0 .. d0 + W - 1 of row b: g = dout silu(z), both scans'
+// output gradient, into g_LW (L, W); dz = dout pre silu'(z).
+template <typename V>
+void gate_backward_lanes(const Shape& s, const float* z, const float* pre, const float* dout,
+                         float* g_LW, float* dz, int64_t b, int64_t d0) {
   constexpr int64_t W = kLanes<V>;
-  const int64_t L = s.L, D = s.D, LN = L * s.N, row = b * L * D;
-  const Shape group{1, 1, L, W, N, W, 1};
-  thread_local std::vector<float> ub, dtb, sigb, gb, dub, ddtb, dAb;
-  thread_local std::vector<V> H, E;
-  for (auto* v : {&ub, &dtb, &sigb, &gb, &dub, &ddtb}) v->resize(L * W);
-  dAb.resize(W * N);
-  for (int64_t t = 0; t < L; ++t) {  // the gate
+  const int64_t L = s.L, D = s.D, row = b * L * D;
+  for (int64_t t = 0; t < L; ++t) {
     const int64_t k = row + t * D + d0;
     prefetch(z + row + d0, t + kAhead, L, D);
     const V z_t = load<V>(z + k), dout_t = load<V>(dout + k);
-    store(gb.data() + t * W, dout_t * vsilu(z_t));
-    store(o.dz + k, dout_t * load<V>(pre + k) * vsilu_grad(z_t));
-  }
-  for (int64_t sd = 0; sd < 2; ++sd) {
-    const V bias_d = load<V>(bias + sd * D + d0), D_d = load<V>(Dskip + sd * D + d0);
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t k = row + t * D + d0;
-      prefetch(dt[sd] + row + d0, t + kAhead, L, D);
-      const V x = load<V>(dt[sd] + k) + bias_d;
-      store(ub.data() + t * W, load<V>(u[sd] + k));
-      store(dtb.data() + t * W, vsoftplus(x));
-      store(sigb.data() + t * W, vsigmoid(x));  // softplus'(x)
-    }
-    backward_lanes<V, N>(group, ub.data(), dtb.data(), A + (sd * D + d0) * N, B[sd] + b * LN,
-                         C[sd] + b * LN, gb.data(), dub.data(), ddtb.data(), dAb.data(), PB[sd],
-                         PC[sd], 0, sd == 1, H, E);
-    V dD = {}, dbias = {};
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t k = row + t * D + d0;
-      const V g = load<V>(gb.data() + t * W);
-      store(o.du[sd] + k, load<V>(dub.data() + t * W) + g * D_d);
-      const V ddt_raw = load<V>(ddtb.data() + t * W) * load<V>(sigb.data() + t * W);
-      store(o.ddt[sd] + k, ddt_raw);
-      dD += g * load<V>(ub.data() + t * W);
-      dbias += ddt_raw;
-    }
-    const int64_t sb = sd * s.B + b;
-    store(o.dD + sb * D + d0, dD);
-    store(o.dbias + sb * D + d0, dbias);
-    std::copy(dAb.begin(), dAb.end(), o.dA + (sb * D + d0) * N);
+    store(g_LW + t * W, dout_t * vsilu(z_t));
+    store(dz + k, dout_t * load<V>(pre + k) * vsilu_grad(z_t));
   }
 }
 
-// Backward of scan_gated_fwd_res: its inputs, pre (B, L, D) and dout (B, L, D) in; du, ddt
+// Direction sd's part of gated_lanes' backward for channels d0 .. d0 + W - 1 of row b, from
+// g_LW (L, W): the scan backward is backward_lanes on (L, W) copies of u and softplus(dt_raw +
+// bias) (a Shape whose D is W), replaying from the forward's states `starts`; the chain rule
+// ends here: du = du_scan + g D, ddt_raw = ddt sigmoid(dt_raw + bias), dbias = sum_t ddt_raw,
+// dD = sum_t g u. u, dt (B, L, D), B, C (B, L, N): direction sd's arrays; dB, dC terms go
+// into PB, PC as in backward_block.
+template <typename V, int64_t N>
+void gated_scan_backward_lanes(const Shape& s, int64_t sd, const float* u, const float* dt,
+                               const float* A, const float* B, const float* C,
+                               const float* bias, const float* Dskip, const float* g_LW,
+                               const GatedGrads& o, V* PB, V* PC, int64_t b, int64_t d0,
+                               const ChunkStates& starts) {
+  constexpr int64_t W = kLanes<V>;
+  const int64_t L = s.L, D = s.D, LN = L * s.N, row = b * L * D;
+  const Shape group{1, 1, L, W, N, W, 1};
+  thread_local std::vector<float> ub, dtb, sigb, dub, ddtb, dAb;
+  thread_local std::vector<V> H, E;
+  for (auto* v : {&ub, &dtb, &sigb, &dub, &ddtb}) v->resize(L * W);
+  dAb.resize(W * N);
+  const V bias_d = load<V>(bias + sd * D + d0), D_d = load<V>(Dskip + sd * D + d0);
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t k = row + t * D + d0;
+    prefetch(dt + row + d0, t + kAhead, L, D);
+    const V x = load<V>(dt + k) + bias_d;
+    store(ub.data() + t * W, load<V>(u + k));
+    store(dtb.data() + t * W, vsoftplus(x));
+    store(sigb.data() + t * W, vsigmoid(x));  // softplus'(x)
+  }
+  backward_lanes<V, N>(group, ub.data(), dtb.data(), A + (sd * D + d0) * N, B + b * LN,
+                       C + b * LN, g_LW, dub.data(), ddtb.data(), dAb.data(), PB, PC, 0,
+                       sd == 1, H, E, starts);
+  V dD = {}, dbias = {};
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t k = row + t * D + d0;
+    const V g = load<V>(g_LW + t * W);
+    store(o.du[sd] + k, load<V>(dub.data() + t * W) + g * D_d);
+    const V ddt_raw = load<V>(ddtb.data() + t * W) * load<V>(sigb.data() + t * W);
+    store(o.ddt[sd] + k, ddt_raw);
+    dD += g * load<V>(ub.data() + t * W);
+    dbias += ddt_raw;
+  }
+  const int64_t sb = sd * s.B + b;
+  store(o.dD + sb * D + d0, dD);
+  store(o.dbias + sb * D + d0, dbias);
+  std::copy(dAb.begin(), dAb.end(), o.dA + (sb * D + d0) * N);
+}
+
+// Backward of gated_lanes for channels [d_begin, d_end) of row b (whole groups of W): the
+// gate for every group, then one direction at a time every group's scan backward, so that
+// only one direction's dB / dC lane accumulators PB, PC (L x N vectors each, 1 MiB together
+// at L 512, N 16) are live next to the replay's buffers. dB[sd], dC[sd] (L, N) are written
+// (summed over lanes once per block). The scans' replays start from the forward's h_chunks
+// (2, B, n_chunks, N, D), chunk steps apart.
+template <typename V, int64_t N>
+void gated_backward_block(const Shape& s, const float* const u[2], const float* const dt[2],
+                          const float* A, const float* const B[2], const float* const C[2],
+                          const float* bias, const float* Dskip, const float* z,
+                          const float* pre, const float* dout, const float* h_chunks,
+                          int64_t chunk, const GatedGrads& o, float* const dB[2],
+                          float* const dC[2], int64_t b, int64_t d_begin, int64_t d_end) {
+  const int64_t L = s.L, D = s.D, LN = L * N;
+  const int64_t chunk_states = (L + chunk - 1) / chunk * N * D;  // per (direction, row)
+  thread_local std::vector<float> g;  // the block's g, (groups, L, W)
+  thread_local std::vector<V> PB, PC;
+  g.resize((d_end - d_begin) * L);
+  for (int64_t d = d_begin; d < d_end; d += kLanes<V>)
+    gate_backward_lanes<V>(s, z, pre, dout, g.data() + (d - d_begin) * L, o.dz, b, d);
+  for (int64_t sd = 0; sd < 2; ++sd) {
+    PB.assign(LN, V{});
+    PC.assign(LN, V{});
+    for (int64_t d = d_begin; d < d_end; d += kLanes<V>) {
+      const ChunkStates starts{h_chunks + (sd * s.B + b) * chunk_states + d, D, chunk};
+      gated_scan_backward_lanes<V, N>(s, sd, u[sd], dt[sd], A, B[sd], C[sd], bias, Dskip,
+                                      g.data() + (d - d_begin) * L, o, PB.data(), PC.data(), b,
+                                      d, starts);
+    }
+    for (int64_t k = 0; k < LN; ++k) {
+      dB[sd][k] = lane_sum(PB[k]);
+      dC[sd][k] = lane_sum(PC[k]);
+    }
+  }
+}
+
+// Backward of scan_gated_fwd_res: its inputs, pre (B, L, D), h_chunks (2, B, n_chunks, N, D)
+// and dout (B, L, D) in; du, ddt
 // (of dt_raw) per direction and dz (B, L, D), dA (2, B, D, N), dbias and dD (2, B, D) per row,
 // dB and dC per direction (B, P, L, N) per channel block out; the caller sums the per-row and
 // per-block axes.
 ffi::Error scan_gated_bwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
                           F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
-                          F32Buf pre, F32Buf dout, ffi::ResultBuffer<ffi::F32> du0,
+                          F32Buf pre, F32Buf h_chunks, F32Buf dout,
+                          ffi::ResultBuffer<ffi::F32> du0,
                           ffi::ResultBuffer<ffi::F32> du1, ffi::ResultBuffer<ffi::F32> ddt0,
                           ffi::ResultBuffer<ffi::F32> ddt1, ffi::ResultBuffer<ffi::F32> dA,
                           ffi::ResultBuffer<ffi::F32> dB0, ffi::ResultBuffer<ffi::F32> dB1,
                           ffi::ResultBuffer<ffi::F32> dC0, ffi::ResultBuffer<ffi::F32> dC1,
                           ffi::ResultBuffer<ffi::F32> dbias, ffi::ResultBuffer<ffi::F32> dD,
-                          ffi::ResultBuffer<ffi::F32> dz, int64_t d_block) {
+                          ffi::ResultBuffer<ffi::F32> dz, int64_t d_block, int64_t chunk) {
   using V = f32xW;
-  constexpr int64_t W = kLanes<V>;
   std::string err;
   const Shape s = gated_shape(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, d_block, err);
   if (err.empty() && (!has_shape(pre.dimensions(), {s.B, s.L, s.D}) ||
                       !has_shape(dout.dimensions(), {s.B, s.L, s.D})))
     err = "pre and dout must be (B, L, D)";
+  if (err.empty()) err = check_chunks(s, h_chunks, chunk);
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   const float* const pu[2] = {u0.typed_data(), u1.typed_data()};
   const float* const pdt[2] = {dt0.typed_data(), dt1.typed_data()};
@@ -552,21 +652,14 @@ ffi::Error scan_gated_bwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A
   const int64_t LN = s.L * s.N;
   parallel_for(s.B * s.P, [&](int64_t item) {
     const int64_t b = item / s.P, p = item % s.P;
-    thread_local std::vector<V> PB0, PC0, PB1, PC1;
-    for (auto* v : {&PB0, &PC0, &PB1, &PC1}) v->assign(LN, V{});
-    V* const PB[2] = {PB0.data(), PB1.data()};
-    V* const PC[2] = {PC0.data(), PC1.data()};
-    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
-      with_vector_n(s.N, [&](auto Nc) {
-        gated_backward_lanes<V, decltype(Nc)::value>(
-            s, pu, pdt, A.typed_data(), pB, pC, bias.typed_data(), Dskip.typed_data(),
-            z.typed_data(), pre.typed_data(), dout.typed_data(), o, PB, PC, b, d);
-      });
-    for (int64_t sd = 0; sd < 2; ++sd)
-      for (int64_t k = 0; k < LN; ++k) {
-        pdB[sd][item * LN + k] = lane_sum(PB[sd][k]);
-        pdC[sd][item * LN + k] = lane_sum(PC[sd][k]);
-      }
+    float* const dB_item[2] = {pdB[0] + item * LN, pdB[1] + item * LN};  // item = (b, p)
+    float* const dC_item[2] = {pdC[0] + item * LN, pdC[1] + item * LN};
+    with_vector_n(s.N, [&](auto Nc) {
+      gated_backward_block<V, decltype(Nc)::value>(
+          s, pu, pdt, A.typed_data(), pB, pC, bias.typed_data(), Dskip.typed_data(),
+          z.typed_data(), pre.typed_data(), dout.typed_data(), h_chunks.typed_data(), chunk, o,
+          dB_item, dC_item, b, p * s.d_block, std::min(s.D, (p + 1) * s.d_block));
+    });
   });
   return ffi::Error::Success();
 }
@@ -653,9 +746,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedFwdF32, scan_gated_fwd,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedFwdResF32, scan_gated_fwd_res,
                               NANODNA_GATED_INPUTS.Ret<F32Buf>()  // y
                                   .Ret<F32Buf>()                  // pre
-                                  .Attr<int64_t>("d_block"));
+                                  .Ret<F32Buf>()                  // h_chunks
+                                  .Attr<int64_t>("d_block")
+                                  .Attr<int64_t>("chunk"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedBwdF32, scan_gated_bwd,
                               NANODNA_GATED_INPUTS.Arg<F32Buf>()  // pre
+                                  .Arg<F32Buf>()                  // h_chunks
                                   .Arg<F32Buf>()                  // dout
                                   .Ret<F32Buf>()                  // du0
                                   .Ret<F32Buf>()                  // du1
@@ -669,6 +765,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanGatedBwdF32, scan_gated_bwd,
                                   .Ret<F32Buf>()                  // dbias
                                   .Ret<F32Buf>()                  // dD
                                   .Ret<F32Buf>()                  // dz
-                                  .Attr<int64_t>("d_block"));
+                                  .Attr<int64_t>("d_block")
+                                  .Attr<int64_t>("chunk"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF32, scan_bwd<ffi::F32>, NANODNA_BIND_BWD(ffi::F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NanodnaScanBwdF64, scan_bwd<ffi::F64>, NANODNA_BIND_BWD(ffi::F64));

@@ -32,6 +32,14 @@ from kernels.cpu import build
 # the l20 layer shape ran ~10% faster (BENCHMARKS.md, "Unrolled state loops").
 D_BLOCK = 128
 
+# Steps per chunk of the gated backward's replay: the training forward keeps each direction's h
+# at the start of every CHUNK steps, and the backward replays one chunk at a time from there
+# (selective_scan.cc, backward_lanes). 32, 64 and 128 ran the l20 layer's backward alike
+# (1.16-1.25x faster than a whole-sequence replay); 64 keeps half of 32's extra memory, (2, B,
+# L / 64, N, D) float32 per layer, half the size of the (B, L, D) pre (BENCHMARKS.md, "Saved
+# chunk states for the gated backward").
+CHUNK = 64
+
 
 def _suffix(dtype) -> str:
     if dtype == jnp.float32:
@@ -125,14 +133,14 @@ def gated_unfused(u, dt_raw, A, B, C, bias, D, z):
     return (y[0] + y[1] + u[0] * D[0] + u[1] * D[1]) * jax.nn.silu(z)
 
 
-def _gated_call(target, results, args, *extra):
+def _gated_call(target, results, args, *extra, **attrs):
     """The gated kernels take each direction's arrays as their own buffers: XLA then drops
     the caller's stack (no stacked copy), in the forward and in the backward."""
     u, dt_raw, A, B, C, bias, D, z = args
     _check(u, dt_raw, A, B, C)
     call = jax.ffi.ffi_call(target, results, vmap_method="sequential")
     return call(u[0], u[1], dt_raw[0], dt_raw[1], A, B[0], B[1], C[0], C[1], bias, D, z, *extra,
-                d_block=np.int64(D_BLOCK))
+                d_block=np.int64(D_BLOCK), **attrs)
 
 
 @jax.custom_vjp
@@ -150,7 +158,8 @@ def bidirectional_gated_scan_cpu(
     dt = softplus(dt_raw + bias) per direction, out (y_0 + y_1 + D_0 u_0 + D_1 u_1) silu(z).
 
     One kernel pass: no softplus, stack, skip or gate passes over (B, L, D) arrays in XLA.
-    Under a gradient the forward also keeps the value before the gate, and the backward is one
+    Under a gradient the forward also keeps the value before the gate and each direction's
+    state every CHUNK steps ((2, B, ceil(L / CHUNK), N, D) float32), and the backward is one
     kernel call too (each direction's scan backward plus the chain rule through softplus, skip
     and gate); it agrees with `gated_unfused`'s autodiff to float32 rounding. Shapes must pass
     `gated_supported` (the kernel answers others with a one-line INVALID_ARGUMENT).
@@ -160,14 +169,19 @@ def bidirectional_gated_scan_cpu(
 
 
 def _gated_fwd(*args):
-    z = args[-1]
+    A, z = args[2], args[-1]
+    (Bsz, L, Dch), N = z.shape, A.shape[-1]
     out = jax.ShapeDtypeStruct(z.shape, z.dtype)
-    y, pre = _gated_call("nanodna_scan_gated_fwd_res_f32", (out, out), args)
-    return y, (args, pre)
+    # h_chunks: each direction's state before every CHUNK steps of its processing order
+    # (direction 1's chunk 0 starts at t = L - 1), for the backward's chunked replay.
+    chunks = jax.ShapeDtypeStruct((2, Bsz, -(-L // CHUNK), N, Dch), jnp.float32)
+    y, pre, h_chunks = _gated_call("nanodna_scan_gated_fwd_res_f32", (out, out, chunks), args,
+                                   chunk=np.int64(CHUNK))
+    return y, (args, pre, h_chunks)
 
 
 def _gated_bwd(res, dy):
-    args, pre = res
+    args, pre, h_chunks = res
     u, dt_raw, A, B, C, bias, D, z = args
     Bsz, L, Dch = z.shape
     N, P = A.shape[-1], -(-Dch // D_BLOCK)
@@ -175,7 +189,8 @@ def _gated_bwd(res, dy):
     BLD, BPLN, SBD = sds((Bsz, L, Dch)), sds((Bsz, P, L, N)), sds((2, Bsz, Dch))
     results = (BLD, BLD, BLD, BLD, sds((2, Bsz, Dch, N)), BPLN, BPLN, BPLN, BPLN, SBD, SBD, BLD)
     du0, du1, ddt0, ddt1, dA_SBDN, dB0, dB1, dC0, dC1, dbias_SBD, dD_SBD, dz = _gated_call(
-        "nanodna_scan_gated_bwd_f32", results, args, pre, dy.astype(jnp.float32))
+        "nanodna_scan_gated_bwd_f32", results, args, pre, h_chunks, dy.astype(jnp.float32),
+        chunk=np.int64(CHUNK))
     return (jnp.stack([du0, du1]), jnp.stack([ddt0, ddt1]), dA_SBDN.sum(1),
             jnp.stack([dB0.sum(1), dB1.sum(1)]), jnp.stack([dC0.sum(1), dC1.sum(1)]),
             dbias_SBD.sum(1), dD_SBD.sum(1), dz)
