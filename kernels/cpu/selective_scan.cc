@@ -130,6 +130,15 @@ constexpr float kLog2e = 1.44269504088896341f;
 #define NANODNA_UNROLL_STATES
 #endif
 
+// The gated block's saved states, h_chunks (2, B, n_chunks, N, D): chunks of `chunk` steps.
+inline int64_t n_chunks(int64_t L, int64_t chunk) { return (L + chunk - 1) / chunk; }
+
+// Where direction sd, row b's (n_chunks, N, D) slab of h_chunks starts.
+template <typename P>
+P* h_chunks_row(P* h_chunks, const Shape& s, int64_t sd, int64_t b, int64_t chunk) {
+  return h_chunks + (sd * s.B + b) * n_chunks(s.L, chunk) * s.N * s.D;
+}
+
 // Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
 // h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
 // W contiguous y: no strided loads and no sum across lanes.
@@ -194,11 +203,10 @@ void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[
                  const float* bias, const float* Dskip, const float* z, float* y, float* pre,
                  int64_t b, int64_t d0, float* h_chunks = nullptr, int64_t chunk = 0) {
   const int64_t L = s.L, D = s.D, LD = L * D, LN = L * s.N;
-  const int64_t chunk_states = h_chunks ? (L + chunk - 1) / chunk * N * D : 0;  // per (s, b)
   for (int64_t sd = 0; sd < 2; ++sd)  // direction 0 forward, 1 reverse (and added)
     forward_lanes<V, N>(s, u[sd] + b * LD, dt[sd] + b * LD, A + sd * D * N, B[sd] + b * LN,
                         C[sd] + b * LN, y + b * LD, d0, sd == 1, bias + sd * D, sd == 1,
-                        h_chunks ? h_chunks + (sd * s.B + b) * chunk_states : nullptr, chunk);
+                        h_chunks ? h_chunks_row(h_chunks, s, sd, b, chunk) : nullptr, chunk);
   const V D0 = load<V>(Dskip + d0), D1 = load<V>(Dskip + D + d0);
   for (int64_t t = 0; t < L; ++t) {
     const int64_t k = b * LD + t * D + d0;
@@ -273,7 +281,7 @@ void backward_lanes(const Shape& s, const float* u, const float* dt, const float
                     std::vector<V>& E, const ChunkStates& starts = {}) {
   constexpr int64_t W = kLanes<V>;
   const int64_t L = s.L, D = s.D;
-  const int64_t len = starts.at ? starts.len : L, n_chunks = (L + len - 1) / len;
+  const int64_t len = starts.at ? starts.len : L, count = n_chunks(L, len);
   H.resize((len + 1) * N);  // H[0 .. N) is h before the chunk, H[(j + 1) N ..) after its step j
   E.resize(len * N);
   V A_n[N], A2_n[N];
@@ -282,9 +290,9 @@ void backward_lanes(const Shape& s, const float* u, const float* dt, const float
   const int64_t ahead = reverse ? -kAhead : kAhead;
   // The replay prefetches kAhead steps on when it runs the whole sequence, else the same step
   // of the chunk replayed next (the one before, in processing order).
-  const int64_t replay_ahead = n_chunks == 1 ? ahead : (reverse ? len : -len);
+  const int64_t replay_ahead = count == 1 ? ahead : (reverse ? len : -len);
   V ag[N] = {}, dA_n[N] = {};  // ag = a_{t+1} g_{t+1}, carried from chunk to chunk
-  for (int64_t c = n_chunks - 1; c >= 0; --c) {
+  for (int64_t c = count - 1; c >= 0; --c) {
     const int64_t i0 = c * len, i1 = std::min(L, i0 + len);
     V h[N];
     for (int64_t n = 0; n < N; ++n) {
@@ -458,7 +466,7 @@ Shape gated_shape(const F32Buf& u0, const F32Buf& u1, const F32Buf& dt0, const F
 // "" if h_chunks is (2, B, ceil(L / chunk), N, D), else an error message.
 std::string check_chunks(const Shape& s, const F32Buf& h_chunks, int64_t chunk) {
   if (chunk < 1) return "chunk must be >= 1";
-  if (!has_shape(h_chunks.dimensions(), {2, s.B, (s.L + chunk - 1) / chunk, s.N, s.D}))
+  if (!has_shape(h_chunks.dimensions(), {2, s.B, n_chunks(s.L, chunk), s.N, s.D}))
     return "h_chunks must be (2, B, ceil(L / chunk), N, D)";
   return "";
 }
@@ -595,7 +603,6 @@ void gated_backward_block(const Shape& s, const float* const u[2], const float* 
                           int64_t chunk, const GatedGrads& o, float* const dB[2],
                           float* const dC[2], int64_t b, int64_t d_begin, int64_t d_end) {
   const int64_t L = s.L, D = s.D, LN = L * N;
-  const int64_t chunk_states = (L + chunk - 1) / chunk * N * D;  // per (direction, row)
   thread_local std::vector<float> g;  // the block's g, (groups, L, W)
   thread_local std::vector<V> PB, PC;
   g.resize((d_end - d_begin) * L);
@@ -605,7 +612,7 @@ void gated_backward_block(const Shape& s, const float* const u[2], const float* 
     PB.assign(LN, V{});
     PC.assign(LN, V{});
     for (int64_t d = d_begin; d < d_end; d += kLanes<V>) {
-      const ChunkStates starts{h_chunks + (sd * s.B + b) * chunk_states + d, D, chunk};
+      const ChunkStates starts{h_chunks_row(h_chunks, s, sd, b, chunk) + d, D, chunk};
       gated_scan_backward_lanes<V, N>(s, sd, u[sd], dt[sd], A, B[sd], C[sd], bias, Dskip,
                                       g.data() + (d - d_begin) * L, o, PB.data(), PC.data(), b,
                                       d, starts);
@@ -618,10 +625,9 @@ void gated_backward_block(const Shape& s, const float* const u[2], const float* 
 }
 
 // Backward of scan_gated_fwd_res: its inputs, pre (B, L, D), h_chunks (2, B, n_chunks, N, D)
-// and dout (B, L, D) in; du, ddt
-// (of dt_raw) per direction and dz (B, L, D), dA (2, B, D, N), dbias and dD (2, B, D) per row,
-// dB and dC per direction (B, P, L, N) per channel block out; the caller sums the per-row and
-// per-block axes.
+// and dout (B, L, D) in; du, ddt (of dt_raw) per direction and dz (B, L, D), dA (2, B, D, N),
+// dbias and dD (2, B, D) per row, dB and dC per direction (B, P, L, N) per channel block out;
+// the caller sums the per-row and per-block axes.
 ffi::Error scan_gated_bwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32Buf B0,
                           F32Buf B1, F32Buf C0, F32Buf C1, F32Buf bias, F32Buf Dskip, F32Buf z,
                           F32Buf pre, F32Buf h_chunks, F32Buf dout,
