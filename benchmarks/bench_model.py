@@ -11,6 +11,8 @@
         --batch 32 --devices 1 2                    # the batch split over 1 vs 2 CPU "devices"
     python benchmarks/bench_model.py --batch 1 --scan-impl cpu --xla-options nanodna default \
         --repeats 5                                 # the train step's XLA options vs XLA's own
+    python benchmarks/bench_model.py --batch 1 --scan-impl cpu --matmul-dtype float32 bfloat16 \
+        --matmul --repeats 7                        # bfloat16 matmuls in the float32 model
 
 Times one jitted value_and_grad of a masked-LM-style loss (no optimizer), median of
 --repeats after a compile + warm-up call; prints tokens/s and achieved FLOP/s from
@@ -25,7 +27,10 @@ splits the batch over a mesh of that many devices (on CPU, host "devices" made w
 --xla_force_host_platform_device_count, so one process can run independent loops, such as the
 selective scan's, on several cores at once).
 --xla-options nanodna compiles the step with the options nanodna's train step uses
-(nanodna.ops.compile_options: none for --dtype bfloat16), default with XLA's own.
+(nanodna.ops.compile_options: none for bfloat16 matmuls), default with XLA's own.
+--matmul-dtype bfloat16 (with --dtype float32) sets ModelConfig.matmul_dtype; with --matmul
+its rows are also held against a bfloat16-input, float32-output 2048^3 matmul ("of bf16
+matmul").
 """
 
 from __future__ import annotations
@@ -55,10 +60,14 @@ def main():
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--scan-impl", nargs="+", default=["auto"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--matmul-dtype", nargs="+", default=[None], choices=["float32", "bfloat16"],
+                   help="ModelConfig.matmul_dtype (rows each): bfloat16 with --dtype float32 runs "
+                        "the projections' dots in bfloat16 with float32 accumulation")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--matmul", action="store_true",
-                   help="also time a float32 2048^3 matmul after every step; rows then give "
-                        "their FLOP/s as a fraction of it")
+                   help="also time a float32 2048^3 matmul after every step (rows with bfloat16 "
+                        "matmuls: a bfloat16 one too); rows then give their FLOP/s as a fraction "
+                        "of it")
     p.add_argument("--unroll-layers", action="store_true",
                    help="a Python loop over the blocks (ModelConfig.unroll_layers)")
     p.add_argument("--repeats", type=int, default=5)
@@ -75,36 +84,47 @@ def main():
     print(f"device: {jax.devices()[0].device_kind}; L={args.length}, {args.dtype}"
           f"{', remat' if args.remat else ''}{', unrolled layers' if args.unroll_layers else ''}")
     rows = []  # (label cells, prepared step), compiled first, then timed round-robin
-    for width, size, impl in itertools.product(args.width, args.size, args.scan_impl):
+    for width, size, impl, mm_dtype in itertools.product(args.width, args.size, args.scan_impl,
+                                                         args.matmul_dtype):
         over = {"max_len": max(args.length, sizes.get(size).max_len)}
         if width is not None:
             over["d_model"] = width
         if args.layers is not None:
             over["n_layers"] = args.layers
-        cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype,
+        cfg = sizes.get(size, scan_impl=impl, compute_dtype=args.dtype, matmul_dtype=mm_dtype,
                         remat=args.remat, unroll_layers=args.unroll_layers, **over)
         for Bsz, n_dev, xla in itertools.product(args.batch, args.devices, args.xla_options):
-            options = cpu_compiler_options(args.dtype) if xla == "nanodna" else {}
+            options = cpu_compiler_options(cfg.dot_dtype) if xla == "nanodna" else {}
             prepared = prepare_step(cfg, Bsz, args.length, n_dev, options)
+            prepared["dot_dtype"] = cfg.dot_dtype
             xla_cell = xla if options or xla == "default" else "nanodna (none here)"
-            rows.append(([size, cfg.d_model, prepared["params"], impl, xla_cell, Bsz, n_dev],
-                         prepared))
+            rows.append(([size, cfg.d_model, prepared["params"], impl, cfg.dot_dtype, xla_cell,
+                          Bsz, n_dev], prepared))
             print(f"compiled {size} d_model {cfg.d_model} {impl} B {Bsz} on {n_dev} device(s), "
                   f"XLA options {xla}: {prepared['compile_s']:.1f} s", flush=True)
 
-    matmul = make_matmul() if args.matmul else None
-    if matmul:
-        _seconds(matmul)  # compile
-    results = time_rows([prepared for _, prepared in rows], args.repeats, matmul)
-    print("| size | width | params | scan impl | XLA options | B | devices | compile s "
-          "| step ms (median) | tokens/s | GFLOP/s |"
-          + (" matmul GFLOP/s (best of 3 per step) | of matmul |" if matmul else ""))
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if matmul else ""))
+    matmuls = {}
+    if args.matmul:
+        for dt in ["float32"] + sorted({prep["dot_dtype"] for _, prep in rows} - {"float32"}):
+            matmuls[dt] = make_matmul(dt)
+            _seconds(matmuls[dt])  # compile
+    results = time_rows([prepared for _, prepared in rows], args.repeats, matmuls)
+    bf16 = "bfloat16" in matmuls
+    print("| size | width | params | scan impl | matmul dtype | XLA options | B | devices "
+          "| compile s | step ms (median) | tokens/s | GFLOP/s |"
+          + (" matmul GFLOP/s (best of 3 per step) | of matmul |" if matmuls else "")
+          + (" bf16 matmul GFLOP/s | of bf16 matmul |" if bf16 else ""))
+    print("|---" * (12 + 2 * len(matmuls)) + "|")
     for (cells, prepared), r in zip(rows, results):
-        print("| " + " | ".join(str(c) for c in cells)
-              + f" | {prepared['compile_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['tok_s']:.0f} "
-              f"| {r['gflops']:.1f} |"
-              + (f" {r['matmul_gflops']:.1f} | {r['of_matmul']:.0%} |" if matmul else ""))
+        line = ("| " + " | ".join(str(c) for c in cells)
+                + f" | {prepared['compile_s']:.1f} | {r['step_s'] * 1e3:.0f} | {r['tok_s']:.0f} "
+                f"| {r['gflops']:.1f} |")
+        for dt in matmuls:
+            if dt in r["matmul_gflops"]:
+                line += f" {r['matmul_gflops'][dt]:.1f} | {r['of_matmul'][dt]:.0%} |"
+            else:
+                line += " - | - |"
+        print(line)
 
 
 MATMUL_N = 2048
@@ -112,12 +132,12 @@ MATMUL_FLOPS = 2 * MATMUL_N**3
 MATMUL_CALLS = 3  # after each step; the fastest counts
 
 
-def make_matmul():
-    """A jitted float32 (2048, 2048) @ (2048, 2048), as a no-argument call: the rate a model
-    step is held against (MATMUL_FLOPS per call)."""
-    a, b = (jax.random.normal(jax.random.key(i), (MATMUL_N, MATMUL_N), jnp.float32)
+def make_matmul(dtype: str = "float32"):
+    """A jitted (2048, 2048) @ (2048, 2048) of dtype inputs, accumulated and returned in float32,
+    as a no-argument call: the rate a model step is held against (MATMUL_FLOPS per call)."""
+    a, b = (jax.random.normal(jax.random.key(i), (MATMUL_N, MATMUL_N), jnp.float32).astype(dtype)
             for i in (2, 3))
-    dot = jax.jit(jnp.dot)
+    dot = jax.jit(partial(jnp.dot, preferred_element_type=jnp.float32))
     return lambda: dot(a, b)
 
 
@@ -152,26 +172,31 @@ def prepare_step(cfg, Bsz: int, length: int, n_devices: int = 1,
             "flops": Bsz * length * flops_per_token(cfg, length), "tokens": Bsz * length}
 
 
-def time_rows(prepared: list[dict], repeats: int, matmul=None) -> list[dict]:
+def time_rows(prepared: list[dict], repeats: int, matmuls: dict | None = None) -> list[dict]:
     """Time every prepared step `repeats` times, round-robin (row 1, row 2, ..., row 1, ...), so
     that the machine's drift falls on all rows alike; per row: median step seconds, tokens/s,
-    GFLOP/s. With `matmul` (from make_matmul), each step call is followed by MATMUL_CALLS
-    matmul calls, the fastest of which is that step's baseline; the row also gets the median
-    baseline GFLOP/s and the median ratio of step rate to baseline rate."""
-    pairs = [[] for _ in prepared]
+    GFLOP/s. With `matmuls` ({dtype: make_matmul(dtype)}), each step call is followed by
+    MATMUL_CALLS calls of the float32 matmul and, for a row whose dot_dtype is another, of that
+    dtype's too, the fastest of each being that step's baseline; the row also gets, per dtype,
+    the median baseline GFLOP/s and the median ratio of step rate to baseline rate."""
+    matmuls = matmuls or {}
+    samples = [[] for _ in prepared]  # per row: (step seconds, {dtype: matmul seconds})
     for _ in range(repeats):
-        for row_pairs, prep in zip(pairs, prepared):
+        for row_samples, prep in zip(samples, prepared):
             step_s = _seconds(prep["call"])
-            mm_s = min(_seconds(matmul) for _ in range(MATMUL_CALLS)) if matmul else None
-            row_pairs.append((step_s, mm_s))
+            mm_s = {dt: min(_seconds(mm) for _ in range(MATMUL_CALLS))
+                    for dt, mm in matmuls.items() if dt in ("float32", prep.get("dot_dtype"))}
+            row_samples.append((step_s, mm_s))
     out = []
-    for row_pairs, prep in zip(pairs, prepared):
-        step = statistics.median(s for s, _ in row_pairs)
-        r = {"step_s": step, "tok_s": prep["tokens"] / step, "gflops": prep["flops"] / step / 1e9}
-        if matmul:
-            r["matmul_gflops"] = statistics.median(MATMUL_FLOPS / m / 1e9 for _, m in row_pairs)
-            r["of_matmul"] = statistics.median(
-                (prep["flops"] / s) / (MATMUL_FLOPS / m) for s, m in row_pairs)
+    for row_samples, prep in zip(samples, prepared):
+        step = statistics.median(s for s, _ in row_samples)
+        r = {"step_s": step, "tok_s": prep["tokens"] / step, "gflops": prep["flops"] / step / 1e9,
+             "matmul_gflops": {}, "of_matmul": {}}
+        for dt in row_samples[0][1]:
+            r["matmul_gflops"][dt] = statistics.median(
+                MATMUL_FLOPS / m[dt] / 1e9 for _, m in row_samples)
+            r["of_matmul"][dt] = statistics.median(
+                (prep["flops"] / s) / (MATMUL_FLOPS / m[dt]) for s, m in row_samples)
         out.append(r)
     return out
 

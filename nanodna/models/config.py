@@ -38,6 +38,14 @@ class ModelConfig:
     rope_theta: float = 10000.0
     # --- both ---
     compute_dtype: str = "float32"  # params stay float32; matmuls run in this dtype
+    # The dtype of the projections' matmul inputs when it differs from compute_dtype; None: the
+    # same. Only "bfloat16" with compute_dtype "float32" differs: each projection rounds its
+    # input and weight to bfloat16 and accumulates and returns float32 (layers.mixed_dot), its
+    # backward's dots likewise, and everything else stays float32. For CPUs with bfloat16
+    # matmul units (Intel AMX, Sapphire Rapids and later), where XLA's bfloat16 dots run several
+    # times its float32 rate while its bfloat16 elementwise ops are slow (BENCHMARKS.md,
+    # "bfloat16 matmuls in a float32 model"); elsewhere it may be slower than float32.
+    matmul_dtype: str | None = None
     remat: bool = False  # jax.checkpoint each block: recompute activations in the backward
     # A Python loop over the blocks instead of lax.scan: no stacked per-layer residuals to copy,
     # ~13% faster Caduceus-PS steps on CPU at caduceus_tiny sizes (BENCHMARKS.md), but compile
@@ -52,6 +60,12 @@ class ModelConfig:
                 f"ModelConfig.compute_dtype must be one of {COMPUTE_DTYPES}, "
                 f"got {self.compute_dtype!r}"
             )
+        if self.matmul_dtype not in (None, self.compute_dtype) and not (
+                self.compute_dtype == "float32" and self.matmul_dtype == "bfloat16"):
+            raise ValueError(
+                "ModelConfig.matmul_dtype must be None, compute_dtype, or 'bfloat16' with "
+                f"compute_dtype 'float32'; got {self.matmul_dtype!r} with {self.compute_dtype!r}"
+            )
         for name in ("d_model", "n_layers", "vocab_size", "max_len", "d_state", "d_conv", "expand"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -63,6 +77,11 @@ class ModelConfig:
                     f"transformer d_model {self.d_model} must split into {self.n_heads} heads "
                     "of even size (rotary embeddings rotate pairs)"
                 )
+
+    @property
+    def dot_dtype(self) -> str:
+        """The dtype the projections' matmuls take their inputs in."""
+        return self.matmul_dtype or self.compute_dtype
 
     @property
     def d_inner(self) -> int:

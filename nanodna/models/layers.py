@@ -2,7 +2,8 @@
 
 Glossary: B batch, L length, D model width, I input features, O output features, V vocabulary.
 
-Parameters are float32; `dtype` (a static string) is the compute dtype the matmuls run in.
+Parameters are float32; `dtype` (a static string) is the compute dtype the matmuls run in, and
+`dot_dtype` the dtype of their inputs where it differs (`mixed_dot`: bfloat16 in, float32 out).
 Layers are built once per key with `eqx.filter_vmap`, giving one module whose arrays carry a
 leading layer axis; `scan_layers` runs it with `lax.scan`, so compile time does not grow with
 depth (the trick MaxText calls scan_layers).
@@ -10,6 +11,7 @@ depth (the trick MaxText calls scan_layers).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -19,15 +21,68 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mixed_dot_2d(x_MI: Array, w_OI: Array, dot_dtype: str) -> Array:
+    return jax.lax.dot_general(x_MI.astype(dot_dtype), w_OI.astype(dot_dtype),
+                               (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _mixed_dot_2d_fwd(x_MI, w_OI, dot_dtype):
+    xd_MI, wd_OI = x_MI.astype(dot_dtype), w_OI.astype(dot_dtype)
+    y_MO = jax.lax.dot_general(xd_MI, wd_OI, (((1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+    return y_MO, (xd_MI, wd_OI)
+
+
+def _transposed_copy(a_MN: Array) -> Array:
+    """a.T as a new row-major array. A plain a.T is folded by XLA into the dot that reads it
+    (the dot then reads `a` with a transposed layout), and XLA's CPU bfloat16 dot with its
+    left operand transposed ran 3-6x slower than with a row-major copy of it, at 2.5x the
+    copy's cost (BENCHMARKS.md, "bfloat16 matmuls in a float32 model"). A transpose of pairs of
+    rows is not folded. Odd M: a.T."""
+    M, N = a_MN.shape
+    if M % 2:
+        return a_MN.T
+    return a_MN.reshape(M // 2, 2, N).transpose(2, 0, 1).reshape(N, M)
+
+
+def _mixed_dot_2d_bwd(dot_dtype, residuals, g_MO):
+    xd_MI, wd_OI = residuals
+    gd_MO = g_MO.astype(dot_dtype)
+    dx_MI = jax.lax.dot_general(gd_MO, wd_OI, (((1,), (0,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+    dw_OI = jax.lax.dot_general(_transposed_copy(gd_MO), xd_MI, (((1,), (0,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+    return dx_MI, dw_OI
+
+
+_mixed_dot_2d.defvjp(_mixed_dot_2d_fwd, _mixed_dot_2d_bwd)
+
+
+def mixed_dot(x_I: Float[Array, "*batch I"], w_OI: Float[Array, "O I"],
+              dot_dtype: str = "bfloat16") -> Float[Array, "*batch O"]:
+    """x W^T with both operands rounded to dot_dtype, accumulated and returned in float32.
+
+    The backward's two dots likewise take dot_dtype inputs (the cotangent rounded to it, as
+    mixed-precision training does on GPUs) and return float32 gradients. Without the custom
+    VJP, JAX's autodiff of such a dot would pair a float32 cotangent with a bfloat16 operand,
+    which XLA runs as a float32 dot, and would round the weight gradient to bfloat16.
+    """
+    y_MO = _mixed_dot_2d(x_I.reshape(-1, x_I.shape[-1]).astype(jnp.float32), w_OI, dot_dtype)
+    return y_MO.reshape(*x_I.shape[:-1], w_OI.shape[0])
+
+
 class Linear(eqx.Module):
     """y = x W^T (+ b), W stored (O, I) as in PyTorch so published weights map one to one."""
 
     weight: Array
     bias: Array | None
     dtype: str = eqx.field(static=True)
+    dot_dtype: str = eqx.field(static=True)
 
     def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray, bias: bool = False,
-                 std: float | None = None, dtype: str = "float32"):
+                 std: float | None = None, dtype: str = "float32",
+                 dot_dtype: str | None = None):
         # Default: PyTorch's nn.Linear init, U(+-1/sqrt(d_in)), which mamba-ssm relies on.
         # With `std`: a normal init (transformers).
         kw, kb = jax.random.split(key)
@@ -38,12 +93,19 @@ class Linear(eqx.Module):
             self.weight = std * jax.random.normal(kw, (d_out, d_in))
         self.bias = jax.random.uniform(kb, (d_out,), minval=-bound, maxval=bound) if bias else None
         self.dtype = dtype
+        self.dot_dtype = dot_dtype or dtype
+
+    def matmul(self, x_I: Float[Array, "*batch I"]) -> Float[Array, "*batch O"]:
+        """x W^T in `dtype`, without the bias."""
+        if self.dot_dtype != self.dtype:
+            return mixed_dot(x_I, self.weight, self.dot_dtype).astype(self.dtype)
+        cdt = jnp.dtype(self.dtype)
+        return jnp.einsum("...i,oi->...o", x_I.astype(cdt), self.weight.astype(cdt))
 
     def __call__(self, x_I: Float[Array, "*batch I"]) -> Float[Array, "*batch O"]:
-        cdt = jnp.dtype(self.dtype)
-        y = jnp.einsum("...i,oi->...o", x_I.astype(cdt), self.weight.astype(cdt))
+        y = self.matmul(x_I)
         if self.bias is not None:
-            y = y + self.bias.astype(cdt)
+            y = y + self.bias.astype(self.dtype)
         return y
 
 

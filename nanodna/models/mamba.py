@@ -50,10 +50,12 @@ class SelectiveSSM(eqx.Module):
         bound = 1.0 / math.sqrt(W)  # PyTorch Conv1d default (fan_in = W for depthwise)
         self.conv_weight = jax.random.uniform(k_cw, (E, W), minval=-bound, maxval=bound)
         self.conv_bias = jax.random.uniform(k_cb, (E,), minval=-bound, maxval=bound)
-        self.x_proj = Linear(E, Q + 2 * N, key=k_x, dtype=cfg.compute_dtype)
+        self.x_proj = Linear(E, Q + 2 * N, key=k_x, dtype=cfg.compute_dtype,
+                             dot_dtype=cfg.dot_dtype)
         # dt_proj: weight U(+-Q^-0.5) keeps dt_proj(dt) O(1) at init; the bias puts
         # softplus(bias) = dt log-uniform in [DT_MIN, DT_MAX], so memories span 10 to 1000 steps.
-        dt_proj = Linear(Q, E, key=k_dtw, bias=True, dtype=cfg.compute_dtype)
+        dt_proj = Linear(Q, E, key=k_dtw, bias=True, dtype=cfg.compute_dtype,
+                         dot_dtype=cfg.dot_dtype)
         w = jax.random.uniform(k_dtw, (E, Q), minval=-(Q**-0.5), maxval=Q**-0.5)
         log_dt = jax.random.uniform(k_dt, (E,), minval=math.log(DT_MIN), maxval=math.log(DT_MAX))
         dt = jnp.maximum(jnp.exp(log_dt), DT_FLOOR)
@@ -76,7 +78,7 @@ class SelectiveSSM(eqx.Module):
         dbc = self.x_proj(u_BLE)
         dt_BLQ, B_BLN, C_BLN = dbc[..., :Q], dbc[..., Q : Q + N], dbc[..., Q + N :]
         # dt_proj's bias is added inside the scan (float32, before softplus), as in mamba-ssm.
-        dt_BLE = jnp.einsum("blq,eq->ble", dt_BLQ, self.dt_proj.weight.astype(dt_BLQ.dtype))
+        dt_BLE = self.dt_proj.matmul(dt_BLQ)
         return u_BLE, dt_BLE, -jnp.exp(self.A_log), B_BLN, C_BLN
 
     def __call__(
@@ -93,7 +95,8 @@ class SelectiveSSM(eqx.Module):
 def _out_proj(cfg: ModelConfig, key: PRNGKeyArray) -> Linear:
     """out_proj shrunk by 1/sqrt(n_layers) (GPT-2 style, mamba-ssm's _init_weights): the
     residual stream's variance then stays O(1) however deep the stack."""
-    lin = Linear(cfg.d_inner, cfg.d_model, key=key, dtype=cfg.compute_dtype)
+    lin = Linear(cfg.d_inner, cfg.d_model, key=key, dtype=cfg.compute_dtype,
+                 dot_dtype=cfg.dot_dtype)
     return eqx.tree_at(lambda m: m.weight, lin, lin.weight / math.sqrt(cfg.n_layers))
 
 
@@ -106,7 +109,8 @@ class Mamba(eqx.Module):
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray):
         k_in, k_ssm, k_out = jax.random.split(key, 3)
-        self.in_proj = Linear(cfg.d_model, 2 * cfg.d_inner, key=k_in, dtype=cfg.compute_dtype)
+        self.in_proj = Linear(cfg.d_model, 2 * cfg.d_inner, key=k_in, dtype=cfg.compute_dtype,
+                              dot_dtype=cfg.dot_dtype)
         self.ssm = SelectiveSSM(cfg, key=k_ssm)
         self.out_proj = _out_proj(cfg, k_out)
 

@@ -64,12 +64,12 @@ class Attention(eqx.Module):
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray | Key[Array, " 4"]):
         """key: one PRNG key, or 4 keys (q, k, v, o) as TransformerBlock hands them down."""
-        D, cdt = cfg.d_model, cfg.compute_dtype
+        D, cdt, ddt = cfg.d_model, cfg.compute_dtype, cfg.dot_dtype
         kq, kk, kv, ko = _split_unless_batch(key, 4)
-        self.wq = Linear(D, D, key=kq, std=INIT_STD, dtype=cdt)
-        self.wk = Linear(D, D, key=kk, std=INIT_STD, dtype=cdt)
-        self.wv = Linear(D, D, key=kv, std=INIT_STD, dtype=cdt)
-        self.wo = Linear(D, D, key=ko, std=out_std(cfg), dtype=cdt)
+        self.wq = Linear(D, D, key=kq, std=INIT_STD, dtype=cdt, dot_dtype=ddt)
+        self.wk = Linear(D, D, key=kk, std=INIT_STD, dtype=cdt, dot_dtype=ddt)
+        self.wv = Linear(D, D, key=kv, std=INIT_STD, dtype=cdt, dot_dtype=ddt)
+        self.wo = Linear(D, D, key=ko, std=out_std(cfg), dtype=cdt, dot_dtype=ddt)
         self.n_heads, self.causal, self.rope_theta = cfg.n_heads, cfg.causal, cfg.rope_theta
 
     def __call__(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
@@ -88,11 +88,11 @@ class SwiGLU(eqx.Module):
 
     def __init__(self, cfg: ModelConfig, *, key: PRNGKeyArray | Key[Array, " 3"]):
         """key: one PRNG key, or 3 keys (gate, up, down) as TransformerBlock hands them down."""
-        D, F, cdt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype
+        D, F, cdt, ddt = cfg.d_model, cfg.ff_dim, cfg.compute_dtype, cfg.dot_dtype
         k_gate, k_up, k_down = _split_unless_batch(key, 3)
-        self.w_gate = Linear(D, F, key=k_gate, std=INIT_STD, dtype=cdt)
-        self.w_up = Linear(D, F, key=k_up, std=INIT_STD, dtype=cdt)
-        self.w_down = Linear(F, D, key=k_down, std=out_std(cfg), dtype=cdt)
+        self.w_gate = Linear(D, F, key=k_gate, std=INIT_STD, dtype=cdt, dot_dtype=ddt)
+        self.w_up = Linear(D, F, key=k_up, std=INIT_STD, dtype=cdt, dot_dtype=ddt)
+        self.w_down = Linear(F, D, key=k_down, std=out_std(cfg), dtype=cdt, dot_dtype=ddt)
 
     def __call__(self, x_BLD: Float[Array, "B L D"]) -> Float[Array, "B L D"]:
         return self.w_down(jax.nn.silu(self.w_gate(x_BLD)) * self.w_up(x_BLD))

@@ -96,7 +96,7 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     train_step = step_lib.make_train_step(
         static, optimizer, shardings, mesh, microbatches=tc.microbatches,
         skip_nonfinite=tc.skip_nonfinite,
-        compute_dtype=getattr(cfg.model, "compute_dtype", "float32"))
+        matmul_dtype=getattr(cfg.model, "dot_dtype", "float32"))
     eval_step = step_lib.make_eval_step(static, shardings.params, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     budget = StepBudget(cfg, total)

@@ -143,7 +143,7 @@ def _grad_sums(params, static, batch: Batch, microbatches: int, mesh):
 
 def make_train_step(static, optimizer: optax.GradientTransformation, state_shardings, mesh, *,
                     microbatches: int = 1, skip_nonfinite: bool = False,
-                    compute_dtype: str = "float32"):
+                    matmul_dtype: str = "float32"):
     """jit(state, batch, lr) -> (state, metrics), batch split over "data", old state donated.
 
     `optimizer` gives the update direction (optim.make_optimizer); the step scales it by -lr.
@@ -151,7 +151,8 @@ def make_train_step(static, optimizer: optax.GradientTransformation, state_shard
     times the local device count. skip_nonfinite: an update whose loss or gradient norm is NaN
     or infinite is dropped (params, optimizer state unchanged; metrics["skipped"] = 1).
     Metrics: loss (weighted mean CE; 0 when loss_weight is 0), grad_norm, loss_weight, skipped.
-    compute_dtype: the model's matmul dtype, which picks XLA's CPU options (ops.compile_options).
+    matmul_dtype: the dtype of the model's matmul inputs (ModelConfig.dot_dtype), which picks
+    XLA's CPU options (ops.compile_options).
     """
 
     def train_step(state: TrainState, batch: Batch, lr: jax.Array) -> tuple[TrainState, dict]:
@@ -178,7 +179,7 @@ def make_train_step(static, optimizer: optax.GradientTransformation, state_shard
         in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
         out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
-        compiler_options=cpu_compiler_options(compute_dtype),
+        compiler_options=cpu_compiler_options(matmul_dtype),
     )
 
 
