@@ -26,7 +26,10 @@ def get_config() -> Config:
         # Caduceus-PS l20: BiMamba (add), tied in/out projections, RCPS; d_state 16, expand 2.
         # bf16 matmuls on GPU / TPU; params, scan state and the loss stay float32. On a CPU pass
         # model.compute_dtype=float32: the bf16 step is several times slower there (BENCHMARKS.md,
-        # "YNNPACK dot fusions in the CPU train step").
+        # "YNNPACK dot fusions in the CPU train step"). With Intel AMX add
+        # model.matmul_dtype=bfloat16 (bf16 matmul inputs only) and model.unroll_layers=True:
+        # the l20 step (batch 1, no remat) then ran 1.4-1.75x the float32 scanned one
+        # (BENCHMARKS.md, "bfloat16 matmuls in a float32 model").
         # remat: recompute each block's activations in the backward pass (see train below).
         model=sizes.get("plantcad_l20", max_len=512, compute_dtype="bfloat16", remat=True),
         data=DataConfig(
