@@ -9,9 +9,9 @@ the demo-size train steps ran 1.15-1.3x faster for the transformer and 1.01-1.16
 Caduceus-PS (the third, on a VM running 2-3x slow, read 0.86-2.0x); the PlantCAD l20 train step
 and the l20 forward (scoring) did not change, so only the train step asks for it. Only models
 with float32 matmuls ask: a lone bfloat16 2048^3 dot ran 466 GFLOP/s without the option and 73
-with it (AMX is reached only outside the fusions; same section), and so do the bfloat16-input,
-float32-output dots of `ModelConfig.matmul_dtype="bfloat16"` ("bfloat16 matmuls in a float32
-model").
+with it (AMX is reached only outside the fusions; same section). The bfloat16-input,
+float32-output dots of `ModelConfig.matmul_dtype="bfloat16"` lose AMX under it too: 761 -> 97
+GFLOP/s at 2048^3 ("bfloat16 matmuls in a float32 model").
 
 The option is experimental in XLA and its spelling may change, so `cpu_compiler_options` first
 checks that this jax accepts it, and otherwise asks for nothing: the step then compiles as
