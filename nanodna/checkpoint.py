@@ -14,6 +14,7 @@ training code and the loader agree on what a checkpoint's params are.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -181,11 +182,23 @@ def resolve(path: str | os.PathLike) -> tuple[str, int]:
     return workdir, step
 
 
-def load_model(path: str | os.PathLike) -> tuple[eqx.Module, Config, int]:
+def load_model(path: str | os.PathLike,
+               matmul_dtype: str | None = None) -> tuple[eqx.Module, Config, int]:
     """(model, Config, step) from a workdir (its latest checkpoint) or a checkpoints/<step>
-    folder. Only the params are read; the model is rebuilt from config.json on one device."""
+    folder. Only the params are read; the model is rebuilt from config.json on one device.
+
+    matmul_dtype: replaces the saved ModelConfig.matmul_dtype (e.g. "bfloat16" to score a
+    float32 checkpoint with bfloat16 matmul inputs on a CPU with AMX; the returned Config says
+    so). Raises CheckpointError for a path without a checkpoint, or a matmul_dtype the saved
+    compute_dtype does not allow."""
     workdir, step = resolve(path)
     cfg = read_config(workdir)
+    if matmul_dtype is not None:
+        try:
+            cfg = dataclasses.replace(
+                cfg, model=dataclasses.replace(cfg.model, matmul_dtype=matmul_dtype))
+        except ValueError as e:
+            raise CheckpointError(f"{workdir}: {e}") from None
 
     def build(key):
         return build_model(cfg.model, key)

@@ -348,13 +348,15 @@ def run(
     batch_size: int = 64,
     max_ref_mismatch: float = 0.05,
     progress: bool = True,
+    matmul_dtype: str | None = None,
 ) -> Counts:
-    """Load a checkpoint, score the VCF's SNVs and write `out` (.tsv, or .vcf / .vcf.gz)."""
+    """Load a checkpoint, score the VCF's SNVs and write `out` (.tsv, or .vcf / .vcf.gz).
+    matmul_dtype: see nanodna.checkpoint.load_model."""
     _require_pysam()
     is_vcf = out.endswith((".vcf", ".vcf.gz", ".vcf.bgz"))
     genome = Genome(fasta)  # before the model loads: a bad path fails fast
     header = vcf_header(vcf)
-    model, config, _ = load_model(checkpoint)
+    model, config, _ = load_model(checkpoint, matmul_dtype)
     counts = Counts()
     scored = score_sites(model, config.model, genome, read_sites(vcf), counts, batch_size,
                          max_ref_mismatch=max_ref_mismatch, progress=progress)
@@ -393,7 +395,7 @@ def run_cli(args) -> int:
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         counts = run(args.checkpoint, args.vcf, args.fasta, args.out, args.batch_size,
-                     args.max_ref_mismatch)
+                     args.max_ref_mismatch, matmul_dtype=getattr(args, "matmul_dtype", None))
     except UserError as e:
         return fail(e)
     print(counts.summary())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from nanodna import tokenizer
+from nanodna.checkpoint import load_model
 from nanodna.config import Config, to_dict
 from nanodna.data.config import DataConfig
 from nanodna.evaluation import conservation, metrics, report
@@ -187,8 +188,8 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, rng):
     assert r.stderr.strip().count("\n") == 0 and "not a training workdir" in r.stderr
 
 
-def test_cli_end_to_end(tmp_path, rng):
-    """A real tiny Caduceus saved by the training code's Checkpointer, scored by eval.py."""
+def tiny_caduceus_checkpoint(tmp_path, step=7):
+    """A real tiny Caduceus saved by the training code's Checkpointer: its workdir."""
     cfg = Config(
         model=ModelConfig(arch="caduceus", d_model=8, n_layers=1, max_len=16), data=DataConfig()
     )
@@ -197,7 +198,7 @@ def test_cli_end_to_end(tmp_path, rng):
     (workdir / "config.json").write_text(json.dumps(to_dict(cfg)))
     key = jax.random.key(cfg.train.seed)
 
-    # Random values of the right shapes: this test is about plumbing, and skipping the real
+    # Random values of the right shapes: these tests are about plumbing, and skipping the real
     # initialiser saves seconds of small-op compilation on CPU.
     def is_float(x):
         return isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.inexact)
@@ -210,13 +211,18 @@ def test_cli_end_to_end(tmp_path, rng):
     )
     ckpt = Checkpointer(str(workdir / "checkpoints"))
     ckpt.save(
-        7,
-        TrainState(params, {"count": jnp.zeros((), jnp.int32)}, jnp.asarray(7, jnp.int32)),
+        step,
+        TrainState(params, {"count": jnp.zeros((), jnp.int32)}, jnp.asarray(step, jnp.int32)),
         {},
         key,
     )
     ckpt.close()
+    return workdir
 
+
+def test_cli_end_to_end(tmp_path, rng):
+    """A real tiny Caduceus saved by the training code's Checkpointer, scored by eval.py."""
+    workdir = tiny_caduceus_checkpoint(tmp_path)
     data = write_table(tmp_path / "t.tsv", rng, n=24, length=24)  # longer than max_len: windowed
     out = tmp_path / "eval" / "results.json"
     r = run_cli(
@@ -231,3 +237,35 @@ def test_cli_end_to_end(tmp_path, rng):
         and 0 <= res["roc_auc"] <= 1
     )
     assert {"scores.tsv", "roc.png", "results.json"} <= set(os.listdir(tmp_path / "eval"))
+
+
+def test_matmul_dtype_override(tmp_path, rng):
+    """load_model / eval.py --matmul-dtype: the same float32 params, bfloat16 projections, the
+    Config saying so, logits within bfloat16 rounding; a disallowed dtype is one line, exit 2."""
+    workdir = tiny_caduceus_checkpoint(tmp_path)
+    m32, cfg32, _ = load_model(str(workdir))
+    mbf, cfgbf, _ = load_model(str(workdir), matmul_dtype="bfloat16")
+    assert cfg32.model.matmul_dtype is None and cfgbf.model.matmul_dtype == "bfloat16"
+    assert mbf.blocks.mixer.fwd.in_proj.dot_dtype == "bfloat16"
+    p32, pbf = (jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (m32, mbf))
+    assert len(p32) == len(pbf) > 5
+    for a, b in zip(p32, pbf):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    tokens = jax.random.randint(jax.random.key(3), (2, 16), 3, 7)
+    l32, lbf = np.asarray(m32(tokens)), np.asarray(mbf(tokens))
+    assert np.abs(l32 - lbf).max() > 0  # the option reached the model
+    np.testing.assert_allclose(lbf, l32, rtol=0, atol=2e-2 * np.abs(l32).max())
+
+    data = write_table(tmp_path / "t.tsv", rng, n=8, length=16)
+    out = tmp_path / "eval" / "results.json"
+    r = run_cli("--checkpoint", workdir, "--data", data, "--out", out, "--bootstrap", 0,
+                "--matmul-dtype", "bfloat16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(out.read_text())["model"]["matmul_dtype"] == "bfloat16"
+
+    cfg = json.loads((workdir / "config.json").read_text())
+    cfg["model"]["compute_dtype"] = "bfloat16"  # float32 matmuls in a bfloat16 model: refused
+    (workdir / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("--checkpoint", workdir, "--data", data, "--out", out, "--matmul-dtype", "float32")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "matmul_dtype" in r.stderr

@@ -34,11 +34,13 @@ def evaluate_checkpoint(
     seed: int = 0,
     progress: bool = True,
     inference_path: str = "fast",
+    matmul_dtype: str | None = None,
 ) -> dict:
     """Load a workdir's latest checkpoint (or one step folder) and evaluate it on `table`.
 
-    Raises nanodna.checkpoint.CheckpointError for a path that holds no checkpoint."""
-    model, config, step = load_model(checkpoint)
+    matmul_dtype: see nanodna.checkpoint.load_model. Raises nanodna.checkpoint.CheckpointError
+    for a path that holds no checkpoint."""
+    model, config, step = load_model(checkpoint, matmul_dtype)
     info = {"checkpoint": os.path.abspath(checkpoint), "step": step}
     return evaluate_model(
         model, config.model, table, out, batch_size, bootstrap, seed, progress, info,
