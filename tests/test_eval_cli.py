@@ -262,6 +262,7 @@ def test_matmul_dtype_override(tmp_path, rng):
                 "--matmul-dtype", "bfloat16")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(out.read_text())["model"]["matmul_dtype"] == "bfloat16"
+    assert "matmuls bfloat16" in r.stdout  # the summary line says how it scored
 
     cfg = json.loads((workdir / "config.json").read_text())
     cfg["model"]["compute_dtype"] = "bfloat16"  # float32 matmuls in a bfloat16 model: refused

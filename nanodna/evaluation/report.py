@@ -111,7 +111,8 @@ def evaluate_model(
 
 def summary_line(results: dict) -> str:
     """The one-line summary eval.py prints: ROC AUC (with its 95% interval when bootstrapped),
-    AUPRC, n, step, speed. No interval is printed when there is none (--bootstrap 0)."""
+    AUPRC, n, step, speed, strand mode, and the matmul dtype when the model sets one. No
+    interval is printed when there is none (--bootstrap 0)."""
     parts = []
     if "roc_auc" in results:
         auc = f"roc_auc {results['roc_auc']:.4f}"
@@ -121,6 +122,9 @@ def summary_line(results: dict) -> str:
         parts += [auc, f"auprc {results['auprc']:.4f}"]
     parts += [f"n {results['n']}", f"step {results.get('step')}",
               f"{results['windows_per_s']:.3g} windows/s", f"strands {results['strand_mode']}"]
+    matmul_dtype = results.get("model", {}).get("matmul_dtype")
+    if matmul_dtype:  # scored with matmuls other than the compute dtype's: say so
+        parts.append(f"matmuls {matmul_dtype}")
     return "  ".join(parts)
 
 

@@ -37,14 +37,16 @@ class ModelConfig:
     causal: bool = False  # True: causal LM (next token); False: bidirectional MLM
     rope_theta: float = 10000.0
     # --- both ---
-    compute_dtype: str = "float32"  # params stay float32; matmuls run in this dtype
+    # Params stay float32; the blocks' activations run in this dtype, and so do the matmuls
+    # unless matmul_dtype says otherwise.
+    compute_dtype: str = "float32"
     # The dtype of the projections' matmul inputs when it differs from compute_dtype; None: the
     # same. Only "bfloat16" with compute_dtype "float32" differs: each projection rounds its
     # input and weight to bfloat16 and accumulates and returns float32 (layers.mixed_dot), its
     # backward's dots likewise, and everything else stays float32. For CPUs with bfloat16
     # matmul units (Intel AMX, Sapphire Rapids and later), where XLA's bfloat16 dots run several
-    # times its float32 rate while its bfloat16 elementwise ops are slow (BENCHMARKS.md,
-    # "bfloat16 matmuls in a float32 model"); elsewhere it may be slower than float32.
+    # times faster than its float32 ones while its bfloat16 elementwise ops are slow
+    # (BENCHMARKS.md, "bfloat16 matmuls in a float32 model"); elsewhere it may be slower.
     matmul_dtype: str | None = None
     remat: bool = False  # jax.checkpoint each block: recompute activations in the backward
     # A Python loop over the blocks instead of lax.scan: no stacked per-layer residuals to copy,
@@ -63,8 +65,11 @@ class ModelConfig:
         if self.matmul_dtype not in (None, self.compute_dtype) and not (
                 self.compute_dtype == "float32" and self.matmul_dtype == "bfloat16"):
             raise ValueError(
-                "ModelConfig.matmul_dtype must be None, compute_dtype, or 'bfloat16' with "
-                f"compute_dtype 'float32'; got {self.matmul_dtype!r} with {self.compute_dtype!r}"
+                f"ModelConfig.matmul_dtype {self.matmul_dtype!r} with compute_dtype "
+                f"{self.compute_dtype!r}: use None (the compute dtype), 'bfloat16' (with "
+                "compute_dtype 'float32': bfloat16 matmul inputs in a float32 model) or "
+                "'float32' (with compute_dtype 'float32'); float32 matmuls in a bfloat16 model "
+                "are not supported"
             )
         for name in ("d_model", "n_layers", "vocab_size", "max_len", "d_state", "d_conv", "expand"):
             if int(getattr(self, name)) < 1:

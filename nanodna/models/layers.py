@@ -76,7 +76,12 @@ def mixed_dot(x_I: Float[Array, "*batch I"], w_OI: Float[Array, "O I"],
 
 
 class Linear(eqx.Module):
-    """y = x W^T (+ b), W stored (O, I) as in PyTorch so published weights map one to one."""
+    """y = x W^T (+ b), W stored (O, I) as in PyTorch so published weights map one to one.
+
+    dtype: the compute dtype of x, W and y. dot_dtype (default dtype): where it differs
+    (float32 dtype, bfloat16 dot_dtype), the product is `mixed_dot`'s: bfloat16 operands,
+    float32 accumulation.
+    """
 
     weight: Array
     bias: Array | None
@@ -99,7 +104,7 @@ class Linear(eqx.Module):
         self.dot_dtype = dot_dtype or dtype
 
     def matmul(self, x_I: Float[Array, "*batch I"]) -> Float[Array, "*batch O"]:
-        """x W^T in `dtype`, without the bias."""
+        """x W^T without the bias, returned in `dtype` (operands in `dot_dtype`)."""
         if self.dot_dtype != self.dtype:
             return mixed_dot(x_I, self.weight, self.dot_dtype).astype(self.dtype)
         cdt = jnp.dtype(self.dtype)
