@@ -21,17 +21,23 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 
+_NT = (((1,), (1,)), ((), ()))  # a (M, K) . b (N, K) -> (M, N)
+_NN = (((1,), (0,)), ((), ()))  # a (M, K) . b (K, N) -> (M, N)
+
+
+def _dot_f32(a: Array, b: Array, dims) -> Array:
+    """lax.dot_general of a and b, accumulated and returned in float32."""
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _mixed_dot_2d(x_MI: Array, w_OI: Array, dot_dtype: str) -> Array:
-    return jax.lax.dot_general(x_MI.astype(dot_dtype), w_OI.astype(dot_dtype),
-                               (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    return _mixed_dot_2d_fwd(x_MI, w_OI, dot_dtype)[0]
 
 
 def _mixed_dot_2d_fwd(x_MI, w_OI, dot_dtype):
     xd_MI, wd_OI = x_MI.astype(dot_dtype), w_OI.astype(dot_dtype)
-    y_MO = jax.lax.dot_general(xd_MI, wd_OI, (((1,), (1,)), ((), ())),
-                               preferred_element_type=jnp.float32)
-    return y_MO, (xd_MI, wd_OI)
+    return _dot_f32(xd_MI, wd_OI, _NT), (xd_MI, wd_OI)
 
 
 def _transposed_copy(a_MN: Array) -> Array:
@@ -52,10 +58,8 @@ def _transposed_copy(a_MN: Array) -> Array:
 def _mixed_dot_2d_bwd(dot_dtype, residuals, g_MO):
     xd_MI, wd_OI = residuals
     gd_MO = g_MO.astype(dot_dtype)
-    dx_MI = jax.lax.dot_general(gd_MO, wd_OI, (((1,), (0,)), ((), ())),
-                                preferred_element_type=jnp.float32)
-    dw_OI = jax.lax.dot_general(_transposed_copy(gd_MO), xd_MI, (((1,), (0,)), ((), ())),
-                                preferred_element_type=jnp.float32)
+    dx_MI = _dot_f32(gd_MO, wd_OI, _NN)
+    dw_OI = _dot_f32(_transposed_copy(gd_MO), xd_MI, _NN)  # g^T x
     return dx_MI, dw_OI
 
 
