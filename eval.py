@@ -10,10 +10,16 @@ the command line. A bad table or checkpoint path (any nanodna.errors.UserError) 
 `error: ...` line on stderr and exit code 2. With --vcf and --fasta instead of --data it scores
 a VCF's SNVs against the genome (nanodna.vep) and writes per-allele scores to --out.
 """
+# ruff: noqa: E402 - the huge-page restart (nanodna.hugepages) must run before jax is imported
 
 import argparse
 import logging
 import sys
+
+from nanodna.hugepages import restart_with_huge_pages
+
+if __name__ == "__main__":  # before jax loads: glibc reads its tunables only at process start
+    restart_with_huge_pages()
 
 from nanodna import vep
 from nanodna.errors import UserError, fail

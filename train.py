@@ -11,11 +11,17 @@ over in that workdir (deleting its checkpoints). This file wires the pieces toge
 and table evaluation to nanodna.training.loop.train. Any mistake a user can fix (config, data,
 table, a NaN loss) ends with one `error: ...` line on stderr and exit code 2.
 """
+# ruff: noqa: E402 - the huge-page restart (nanodna.hugepages) must run before jax is imported
 
 import argparse
 import dataclasses
 import os
 import sys
+
+from nanodna.hugepages import restart_with_huge_pages
+
+if __name__ == "__main__":  # before jax loads: glibc reads its tunables only at process start
+    restart_with_huge_pages()
 
 import jax
 from jax.experimental import multihost_utils

@@ -30,8 +30,10 @@ selective scan's, on several cores at once).
 (nanodna.ops.compile_options: none for bfloat16 matmuls), default with XLA's own.
 --matmul-dtype bfloat16 (with --dtype float32) sets ModelConfig.matmul_dtype; with --matmul
 its rows are also held against a bfloat16-input, float32-output 2048^3 matmul ("of bf16
-matmul").
+matmul"). Like train.py it restarts itself once with transparent huge pages
+(nanodna.hugepages); NANODNA_HUGE_PAGES=0 times the 4 KiB-page baseline.
 """
+# ruff: noqa: E402 - the huge-page restart (nanodna.hugepages) must run before jax is imported
 
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ import os
 import statistics
 import time
 from functools import partial
+
+from nanodna.hugepages import restart_with_huge_pages
+
+if __name__ == "__main__":  # before jax loads: glibc reads its tunables only at process start
+    restart_with_huge_pages()
 
 import equinox as eqx
 import jax
