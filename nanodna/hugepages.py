@@ -5,9 +5,10 @@ Why: XLA's CPU runtime allocates a step's activations afresh on every call and f
 after it; glibc gives blocks that large back to the kernel, so every step faults its
 activations in again, one 4 KiB page at a time (a third of the samples of a profiled loop
 over the gated scan op at the demo shape were the Linux kernel's page-fault code), and walks
-the page tables for them. With the tunable, glibc asks for 2 MiB transparent huge pages (`madvise`) for the memory
-it maps: 512x fewer faults and TLB entries. The demo-size train steps ran 1.1-1.3x faster
-(BENCHMARKS.md, "Transparent huge pages for XLA's CPU buffers"); results do not change.
+the page tables for them. With the tunable, glibc asks for 2 MiB transparent huge pages
+(`madvise`) for the memory it maps: 512x fewer faults and TLB entries. The demo-size train
+steps ran 1.1-1.3x faster, the README demo 1.21x end to end (BENCHMARKS.md, "Transparent huge
+pages for XLA's CPU buffers"); results do not change.
 
 glibc reads tunables only when a process starts, so `restart_with_huge_pages()`, called by
 train.py, eval.py and benchmarks/bench_model.py before they import jax, re-executes the same
