@@ -5,10 +5,11 @@
 
 --checkpoint is a training workdir (its latest checkpoint) or one step's folder. Writes
 results.json (ROC AUC, AUPRC with bootstrap 95% intervals, n, step, arch, speed, strand mode),
-scores.tsv and roc.png / hist.png beside it. The logic lives in nanodna.evaluation; this file only parses
-the command line. A bad table or checkpoint path (any nanodna.errors.UserError) ends with one
-`error: ...` line on stderr and exit code 2. With --vcf and --fasta instead of --data it scores
-a VCF's SNVs against the genome (nanodna.vep) and writes per-allele scores to --out.
+scores.tsv and roc.png / hist.png beside it. The logic lives in nanodna.evaluation; this file
+only parses the command line. A bad table or checkpoint path (any nanodna.errors.UserError)
+ends with one `error: ...` line on stderr and exit code 2. With --vcf and --fasta instead of
+--data it scores a VCF's SNVs against the genome (nanodna.vep) and writes per-allele scores to
+--out.
 """
 # ruff: noqa: E402 - the huge-page restart (nanodna.hugepages) must run before jax is imported
 

@@ -6,9 +6,10 @@ Overrides are dotted config keys with Python-literal values, e.g. `optim.lr=3e-4
 model.n_layers=4 train.steps=2000`. Re-running with the same workdir resumes from its latest
 checkpoint; a config the saved run cannot continue under (another model shape, data layout,
 sequence length...) is refused before anything in the workdir changes, and `--restart` starts
-over in that workdir (deleting its checkpoints). This file wires the pieces together: it provisions the data (the simulated set when
-`simulate.preset` is set), checks the evaluation table, and hands the real model, data streams
-and table evaluation to nanodna.training.loop.train. Any mistake a user can fix (config, data,
+over in that workdir (deleting its checkpoints). This file wires the pieces together: it
+provisions the data (the simulated set when `simulate.preset` is set), checks the evaluation
+table, and hands the real model, data streams and table evaluation to
+nanodna.training.loop.train. Any mistake a user can fix (config, data,
 table, a NaN loss) ends with one `error: ...` line on stderr and exit code 2.
 """
 # ruff: noqa: E402 - the huge-page restart (nanodna.hugepages) must run before jax is imported
