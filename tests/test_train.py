@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nanodna.checkpoint import load_model, saved_steps
-from nanodna.config import Config, EvalConfig, OptimConfig, TrainConfig
+from nanodna.config import Config, ConfigError, EvalConfig, OptimConfig, TrainConfig
 from nanodna.models.rcps import rc_logits
 from nanodna.sim.simulate import simulate
 from nanodna.tokenizer import reverse_complement
@@ -52,6 +52,20 @@ def _train(cfg, workdir, it_factory=None, **kw):
 def _rows(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def test_a_schedule_longer_than_the_run_fails_before_building_anything(tmp_path):
+    """WSD with 5 warmup + 3 decay steps cannot fit 6 steps: a ConfigError before the model is
+    built or compiled and before the workdir exists (it used to come after compiling)."""
+    cfg = _cfg(steps=6)
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+        cfg.optim, schedule="wsd", warmup_steps=5, decay_fraction=0.5))
+    built = []
+    with pytest.raises(ConfigError, match=r"warmup \(5\) \+ decay \(3\)"):
+        loop.train(cfg, str(tmp_path / "run"), build=lambda key: built.append(key),
+                   train_iter=lambda c: FakeIterator(seed=11),
+                   eval_iter=lambda c: FakeIterator(seed=99), evaluate_table=None)
+    assert not built and not (tmp_path / "run").exists()
 
 
 def test_metrics_jsonl_and_checkpoints(tmp_path):

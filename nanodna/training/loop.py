@@ -62,8 +62,10 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     """Train `cfg` in `workdir` (resuming from its latest checkpoint); returns a summary dict.
 
     restart: delete the workdir's run (checkpoints, metrics, config, schedule) and start over.
-    Raises ResumeError (before writing anything) when the workdir's run cannot continue under
-    `cfg`, StepTooLarge when the step cannot fit in memory, NonFiniteLoss, EmptyBatches.
+    Raises ConfigError (before writing anything) when the schedule cannot fit train.steps
+    (warmup + decay longer than a cycle), ResumeError (before writing anything) when the
+    workdir's run cannot continue under `cfg`, StepTooLarge when the step cannot fit in
+    memory, NonFiniteLoss, EmptyBatches.
 
     build(key) -> the model; train_iter(cfg) -> the training batches (resumable);
     eval_iter(cfg) -> a fresh pass over the validation batches; evaluate_table(model, model_cfg,
@@ -71,6 +73,7 @@ def train(cfg: Config, workdir: str, *, build: Callable[[jax.Array], eqx.Module]
     """
     t_start = time.monotonic()
     tc = cfg.train
+    make_schedule(cfg.optim, tc.steps)  # a schedule that cannot fit fails now, not after compiling
     if restart:
         clear_run(workdir)
     applied = check_resume(cfg, workdir)  # refuses before anything in the workdir changes
