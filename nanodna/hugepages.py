@@ -15,7 +15,8 @@ train.py, eval.py and benchmarks/bench_model.py before they import jax, re-execu
 command line once with the tunable added to GLIBC_TUNABLES. It does nothing where it cannot
 help: not Linux with glibc >= 2.35 (where the tunable exists), transparent huge pages not
 `madvise` (with `always` every process gets them already; with `never` none can), the tunable
-already set (the restarted process), or NANODNA_HUGE_PAGES=0 (the switch to turn it off).
+already set (the restarted process), or NANODNA_HUGE_PAGES=0 (or false / no / off: the
+switch). To see it work: `grep AnonHugePages /proc/PID/smaps_rollup` of a running train.py.
 This module imports only the standard library.
 """
 
@@ -27,6 +28,7 @@ import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+OFF = ("0", "false", "no", "off")  # values of NANODNA_HUGE_PAGES that turn the restart off
 
 
 def thp_mode(path: str = THP_MODE_FILE) -> str | None:
@@ -53,13 +55,14 @@ def restart_env(environ: dict[str, str], system: str, libc: tuple[str, str],
             return None
     except ValueError:
         return None
-    if environ.get("NANODNA_HUGE_PAGES", "1") == "0":
+    if environ.get("NANODNA_HUGE_PAGES", "1").strip().lower() in OFF:
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if "glibc.malloc.hugetlb" in tunables:
         return None
     env = dict(environ)
-    env["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}" if tunables else TUNABLE
+    # first: /proc/PID/environ then shows it (glibc cuts the variable at its first ':' there)
+    env["GLIBC_TUNABLES"] = f"{TUNABLE}:{tunables}" if tunables else TUNABLE
     return env
 
 

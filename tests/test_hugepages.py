@@ -23,7 +23,7 @@ def test_restart_env_adds_the_tunable_once():
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": hugepages.TUNABLE}
     # other tunables are kept, and the restarted process does not restart again
     env = hugepages.restart_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, *LINUX)
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + hugepages.TUNABLE
+    assert env["GLIBC_TUNABLES"] == hugepages.TUNABLE + ":glibc.malloc.arena_max=2"
     assert hugepages.restart_env(env, *LINUX) is None
 
 
@@ -35,6 +35,8 @@ def test_restart_env_adds_the_tunable_once():
     ({}, "Linux", ("glibc", "2.36"), "never"),  # none can have them
     ({}, "Linux", ("glibc", "2.36"), None),  # no transparent huge pages in this kernel
     ({"NANODNA_HUGE_PAGES": "0"}, *LINUX),  # turned off
+    ({"NANODNA_HUGE_PAGES": "Off"}, *LINUX),
+    ({"NANODNA_HUGE_PAGES": "false"}, *LINUX),
     ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, *LINUX),  # the user chose
 ])
 def test_no_restart_where_it_cannot_help(environ, system, libc, mode):

@@ -74,5 +74,7 @@ def test_hot_cold_steps():
 def test_bad_schedule_settings_are_config_errors():
     with pytest.raises(ConfigError, match="cycle_steps"):
         make_schedule(OptimConfig(schedule="wsds", cycle_steps=0), 100)
-    with pytest.raises(ConfigError, match="exceed"):
+    with pytest.raises(ConfigError, match=r"exceed .* \(100, train.steps\): lower optim.warmup"):
         make_schedule(OptimConfig(schedule="wsd", warmup_steps=95, decay_fraction=0.1), 100)
+    with pytest.raises(ConfigError, match=r"or raise optim.cycle_steps"):
+        make_schedule(OptimConfig(schedule="wsds", warmup_steps=10, cycle_steps=10), 100)

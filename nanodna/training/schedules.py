@@ -62,8 +62,10 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> Schedule:
     if cfg.schedule in ("wsd", "wsds"):
         C, T_d = _cycle(cfg, total_steps), decay_steps(cfg, total_steps)
         if W + T_d > C:
+            cycle = "train.steps" if cfg.schedule == "wsd" else "optim.cycle_steps"
             raise ConfigError(
-                f"optim: warmup ({W}) + decay ({T_d}) steps exceed the cycle length ({C})"
+                f"optim: warmup ({W}) + decay ({T_d}) steps exceed the cycle length ({C}, "
+                f"{cycle}): lower optim.warmup_steps or optim.decay_fraction, or raise {cycle}"
             )
     _decay(0, 1, eta, eta_min, cfg.decay_shape)  # fail now on a bad shape, not at the decay
 
