@@ -9,8 +9,8 @@ sequence length...) is refused before anything in the workdir changes, and `--re
 over in that workdir (deleting its checkpoints). This file wires the pieces together: it
 provisions the data (the simulated set when `simulate.preset` is set), checks the evaluation
 table, and hands the real model, data streams and table evaluation to
-nanodna.training.loop.train. Any mistake a user can fix (config, data,
-table, a NaN loss) ends with one `error: ...` line on stderr and exit code 2.
+nanodna.training.loop.train. Any mistake a user can fix (config, data, table, a NaN loss) ends
+with one `error: ...` line on stderr and exit code 2.
 """
 # ruff: noqa: E402 - the huge-page restart (nanodna.hugepages) must run before jax is imported
 

@@ -58,7 +58,7 @@ def restart_env(environ: dict[str, str], system: str, libc: tuple[str, str],
     if environ.get("NANODNA_HUGE_PAGES", "1").strip().lower() in OFF:
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
+    if TUNABLE.split("=")[0] in tunables:  # named already, with any value: the user chose
         return None
     env = dict(environ)
     # first: /proc/PID/environ then shows it (glibc cuts the variable at its first ':' there)
