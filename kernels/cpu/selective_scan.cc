@@ -141,42 +141,28 @@ P* h_chunks_row(P* h_chunks, const Shape& s, int64_t sd, int64_t b, int64_t chun
 
 // Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
 // h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
-// W contiguous y: no strided loads and no sum across lanes.
-// With `dt_bias` (inference, scan_gated_fwd) dt holds the raw step size: softplus(dt + bias)
-// is taken on the fly. `add`: y += the scan instead of y = (the second direction's pass).
-// With `h_chunks` (the gated training forward) h before every chunk of `chunk` steps, in
-// processing order, is stored at h_chunks[(c * N + n) * D + d0 ..], for the backward's replay.
+// W contiguous y: no strided loads and no sum across lanes. `add`: y += the scan instead of
+// y = (the gated block's second direction). With `h_chunks` (the gated training forward) h
+// before every chunk of `chunk` steps, in processing order, is stored at
+// h_chunks[(c * N + n) * h_ld + d0 ..], for the backward's replay.
 template <typename V, int64_t N>
 void forward_lanes(const Shape& s, const float* u, const float* dt, const float* A, const float* B,
-                   const float* C, float* y, int64_t d0, bool reverse,
-                   const float* dt_bias = nullptr, bool add = false, float* h_chunks = nullptr,
-                   int64_t chunk = 0) {
+                   const float* C, float* y, int64_t d0, bool reverse, bool add = false,
+                   float* h_chunks = nullptr, int64_t chunk = 0, int64_t h_ld = 0) {
   const int64_t L = s.L, D = s.D;
   V A_n[N], h[N] = {};
   A_lanes(A, d0, A_n, kLog2e);
-  // softplus in its own pass: inside the time loop its latency (an exp, a log, a division)
-  // would hold up every step: the forward ran 1.35x slower that way (BENCHMARKS.md, "A faster
-  // exp, softplus out of the loop, prefetching").
-  thread_local std::vector<V> steps;
-  if (dt_bias) {
-    const V bias = load<V>(dt_bias + d0);
-    steps.resize(L);
-    for (int64_t t = 0; t < L; ++t) {
-      prefetch(dt + d0, t + kAhead, L, D);
-      steps[t] = vsoftplus(load<V>(dt + t * D + d0) + bias);
-    }
-  }
   const int64_t ahead = reverse ? -kAhead : kAhead;
   const int64_t span = h_chunks ? chunk : L;  // steps between stores of h
   for (int64_t i0 = 0; i0 < L; i0 += span) {
     if (h_chunks)
-      for (int64_t n = 0; n < N; ++n) store(h_chunks + ((i0 / span) * N + n) * D + d0, h[n]);
+      for (int64_t n = 0; n < N; ++n) store(h_chunks + ((i0 / span) * N + n) * h_ld + d0, h[n]);
     for (int64_t i = i0; i < std::min(L, i0 + span); ++i) {
       const int64_t t = reverse ? L - 1 - i : i;
       prefetch(u + d0, t + ahead, L, D);
-      if (!dt_bias) prefetch(dt + d0, t + ahead, L, D);
+      prefetch(dt + d0, t + ahead, L, D);
       if (add) prefetch(y + d0, t + ahead, L, D);
-      const V dt_t = dt_bias ? steps[t] : load<V>(dt + t * D + d0);
+      const V dt_t = load<V>(dt + t * D + d0);
       const V x = dt_t * load<V>(u + t * D + d0);
       V acc[4] = {};  // y's sum over n in four parts: not one chain of N dependent FMAs
       NANODNA_UNROLL_STATES
@@ -191,30 +177,73 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
   }
 }
 
-// BiMamba's gated block, channels d0 .. d0 + W - 1 of row b: both directions (dt raw, bias and
-// softplus on the fly), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z) in place, and the
-// value before the gate into pre when pre is given (training keeps it for the backward). u[s],
-// dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N); bias, Dskip (2, D).
-// h_chunks (training, with pre): each direction's h before every chunk of `chunk` steps in its
-// processing order, (2, B, n_chunks, N, D), n_chunks = ceil(L / chunk).
+// The gated kernels' per-block buffers hold each group of W channels' L steps together,
+// (groups, L, W), with one spare step between groups: at a pitch of exactly L W floats (a
+// multiple of 4 KiB at L 128) a step's W lanes of every group fell in the same L1 cache set.
+inline int64_t group_pitch(int64_t L, int64_t W) { return (L + 1) * W; }
+
+// Prefetch row t of a block of n_d channels of a strided (L, D) array (base at the block's
+// first channel of the row): one line per group of W channels.
+template <typename V>
+inline void prefetch_block(const float* base, int64_t t, int64_t L, int64_t D, int64_t n_d) {
+  if (t < 0 || t >= L) return;
+  for (int64_t j = 0; j < n_d; j += kLanes<V>) __builtin_prefetch(base + t * D + j);
+}
+
+// BiMamba's gated block, channels d0 .. d0 + n_d - 1 of row b (whole groups of W): both
+// directions (dt raw: bias and softplus here), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1)
+// silu(z), and the value before the gate into pre when pre is given (training keeps it for the
+// backward). u[s], dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N);
+// bias, Dskip (2, D). h_chunks (training, with pre): each direction's h before every chunk of
+// `chunk` steps in its processing order, (2, B, n_chunks, N, D), n_chunks = ceil(L / chunk).
+// Three passes: over time, the block's u and softplus(dt + bias) into (groups, L, W) buffers;
+// per group, each direction's scan (forward_lanes) on them into a buffer of y; over time, the
+// gate. The passes over time read and write n_d contiguous floats of each (L, D) array per
+// step, which the hardware prefetchers follow (one group at a time, a line per step D floats
+// apart, they did not); softplus in its own pass keeps its latency (an exp, a log, a division)
+// out of the scan's steps (BENCHMARKS.md, "A faster exp, softplus out of the loop,
+// prefetching", "Contiguous passes in the gated kernels").
 template <typename V, int64_t N>
-void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
+void gated_block(const Shape& s, const float* const u[2], const float* const dt[2],
                  const float* A, const float* const B[2], const float* const C[2],
                  const float* bias, const float* Dskip, const float* z, float* y, float* pre,
-                 int64_t b, int64_t d0, float* h_chunks = nullptr, int64_t chunk = 0) {
-  const int64_t L = s.L, D = s.D, LD = L * D, LN = L * s.N;
-  for (int64_t sd = 0; sd < 2; ++sd)  // direction 0 forward, 1 reverse (and added)
-    forward_lanes<V, N>(s, u[sd] + b * LD, dt[sd] + b * LD, A + sd * D * N, B[sd] + b * LN,
-                        C[sd] + b * LN, y + b * LD, d0, sd == 1, bias + sd * D, sd == 1,
-                        h_chunks ? h_chunks_row(h_chunks, s, sd, b, chunk) : nullptr, chunk);
-  const V D0 = load<V>(Dskip + d0), D1 = load<V>(Dskip + D + d0);
+                 int64_t b, int64_t d0, int64_t n_d, float* h_chunks = nullptr,
+                 int64_t chunk = 0) {
+  constexpr int64_t W = kLanes<V>;
+  const int64_t L = s.L, D = s.D, LN = L * N, LW = group_pitch(L, W), row = b * L * D + d0;
+  const int64_t groups = n_d / W;
+  const Shape group{1, 1, L, W, N, W, 1};
+  thread_local std::vector<float> ub, dtb, yb;  // (2, groups, L, W) twice, (groups, L, W)
+  ub.resize(2 * groups * LW);
+  dtb.resize(2 * groups * LW);
+  yb.resize(groups * LW);
   for (int64_t t = 0; t < L; ++t) {
-    const int64_t k = b * LD + t * D + d0;
-    for (const float* p : {u[0], u[1], z, static_cast<const float*>(y)})
-      prefetch(p + b * LD + d0, t + kAhead, L, D);
-    const V before_gate = load<V>(y + k) + D0 * load<V>(u[0] + k) + D1 * load<V>(u[1] + k);
-    if (pre) store(pre + k, before_gate);  // kept for the backward (training)
-    store(y + k, before_gate * vsilu(load<V>(z + k)));
+    for (const float* p : {u[0], u[1], dt[0], dt[1]}) prefetch_block<V>(p + row, t + 2, L, D, n_d);
+    for (int64_t sd = 0; sd < 2; ++sd)
+      for (int64_t j = 0; j < n_d; j += W) {
+        const int64_t k = row + t * D + j, at = (sd * groups + j / W) * LW + t * W;
+        store(ub.data() + at, load<V>(u[sd] + k));
+        store(dtb.data() + at, vsoftplus(load<V>(dt[sd] + k) + load<V>(bias + sd * D + d0 + j)));
+      }
+  }
+  for (int64_t j = 0; j < n_d; j += W)
+    for (int64_t sd = 0; sd < 2; ++sd) {  // direction 0 forward, 1 reverse (and added)
+      const int64_t at = (sd * groups + j / W) * LW;
+      float* h_at = h_chunks ? h_chunks_row(h_chunks, s, sd, b, chunk) + d0 + j : nullptr;
+      forward_lanes<V, N>(group, ub.data() + at, dtb.data() + at, A + (sd * D + d0 + j) * N,
+                          B[sd] + b * LN, C[sd] + b * LN, yb.data() + j / W * LW, 0, sd == 1,
+                          sd == 1, h_at, chunk, D);
+    }
+  for (int64_t t = 0; t < L; ++t) {
+    prefetch_block<V>(z + row, t + 2, L, D, n_d);
+    for (int64_t j = 0; j < n_d; j += W) {
+      const int64_t k = row + t * D + j, at = j / W * LW + t * W;
+      const V before_gate = load<V>(yb.data() + at) +
+                            load<V>(Dskip + d0 + j) * load<V>(ub.data() + at) +
+                            load<V>(Dskip + D + d0 + j) * load<V>(ub.data() + groups * LW + at);
+      if (pre) store(pre + k, before_gate);  // kept for the backward (training)
+      store(y + k, before_gate * vsilu(load<V>(z + k)));
+    }
   }
 }
 
@@ -476,7 +505,6 @@ ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32
                      float* py, float* ppre, const F32Buf* h_chunks, int64_t chunk,
                      int64_t d_block) {
   using V = f32xW;
-  constexpr int64_t W = kLanes<V>;
   std::string err;
   const Shape s = gated_shape(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, d_block, err);
   if (err.empty() && h_chunks) err = check_chunks(s, *h_chunks, chunk);
@@ -489,12 +517,11 @@ ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32
   const float* pz = z.typed_data();
   float* ph_chunks = h_chunks ? h_chunks->typed_data() : nullptr;
   parallel_for(s.B * s.P, [&](int64_t item) {
-    const int64_t b = item / s.P, p = item % s.P;
-    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
-      with_vector_n(s.N, [&](auto Nc) {
-        gated_lanes<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, ppre, b,
-                                            d, ph_chunks, chunk);
-      });
+    const int64_t b = item / s.P, d0 = item % s.P * s.d_block;
+    with_vector_n(s.N, [&](auto Nc) {
+      gated_block<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, ppre, b, d0,
+                                          std::min(s.D, d0 + s.d_block) - d0, ph_chunks, chunk);
+    });
   });
   return ffi::Error::Success();
 }
@@ -526,75 +553,99 @@ struct GatedGrads {
   float* dz;     // (B, L, D)
 };
 
-// The gate's backward for channels d0 .. d0 + W - 1 of row b: g = dout silu(z), both scans'
-// output gradient, into g_LW (L, W); dz = dout pre silu'(z).
+// The gate's backward for a block of channels d0 .. d0 + n_d - 1 of row b: g = dout silu(z),
+// both scans' output gradient, into g_GLW (groups, L, W); dz = dout pre silu'(z). Time outer,
+// channels inner: each step reads and writes n_d contiguous floats of every (L, D) array, which
+// the hardware prefetchers follow; one group at a time (a line per step, D floats apart) they
+// did not, and the block's passes outside the scans took ~40% of the backward (perf, demo
+// shape; BENCHMARKS.md, "Contiguous passes in the gated backward").
 template <typename V>
-void gate_backward_lanes(const Shape& s, const float* z, const float* pre, const float* dout,
-                         float* g_LW, float* dz, int64_t b, int64_t d0) {
+void gate_backward_block(const Shape& s, const float* z, const float* pre, const float* dout,
+                         float* g_GLW, float* dz, int64_t b, int64_t d0, int64_t n_d) {
   constexpr int64_t W = kLanes<V>;
-  const int64_t L = s.L, D = s.D, row = b * L * D;
+  const int64_t L = s.L, D = s.D, row = b * L * D + d0;
   for (int64_t t = 0; t < L; ++t) {
-    const int64_t k = row + t * D + d0;
-    prefetch(z + row + d0, t + kAhead, L, D);
-    const V z_t = load<V>(z + k), dout_t = load<V>(dout + k);
-    store(g_LW + t * W, dout_t * vsilu(z_t));
-    store(dz + k, dout_t * load<V>(pre + k) * vsilu_grad(z_t));
+    for (const float* p : {z, pre, dout}) prefetch_block<V>(p + row, t + 2, L, D, n_d);
+    for (int64_t j = 0; j < n_d; j += W) {
+      const int64_t k = row + t * D + j;
+      const V z_t = load<V>(z + k), dout_t = load<V>(dout + k);
+      const V sig = vsigmoid(z_t);  // silu = z sig, silu' = sig (1 + z (1 - sig))
+      store(g_GLW + j / W * group_pitch(L, W) + t * W, dout_t * z_t * sig);
+      const V silu_grad = sig * (splat<V>(1.0f) + z_t * (splat<V>(1.0f) - sig));
+      store(dz + k, dout_t * load<V>(pre + k) * silu_grad);
+    }
   }
 }
 
-// Direction sd's part of gated_lanes' backward for channels d0 .. d0 + W - 1 of row b, from
-// g_LW (L, W): the scan backward is backward_lanes on (L, W) copies of u and softplus(dt_raw +
-// bias) (a Shape whose D is W), replaying from the forward's states `starts`; the chain rule
-// ends here: du = du_scan + g D, ddt_raw = ddt sigmoid(dt_raw + bias), dbias = sum_t ddt_raw,
-// dD = sum_t g u. u, dt (B, L, D), B, C (B, L, N): direction sd's arrays; dB, dC terms go
-// into PB, PC as in backward_block.
+// Direction sd's part of gated_block's backward for the block's channels d0 .. d0 + n_d - 1 of
+// row b, from g_GLW (groups, L, W). Three passes: (1) over time, the block's u and dt_raw into
+// (groups, L, W) buffers, with dt = softplus(dt_raw + bias) and its derivative sigmoid(dt_raw +
+// bias); (2) per group of W channels, backward_lanes on those buffers (a Shape whose D is W),
+// replaying from the forward's states `starts` (h_chunks row, (n_chunks, N, D)); (3) over time,
+// the chain rule's end: du = du_scan + g D, ddt_raw = ddt sigmoid(dt_raw + bias), and the sums
+// dbias = sum_t ddt_raw, dD = sum_t g u. u, dt (B, L, D), B, C (B, L, N): direction sd's
+// arrays; dB, dC terms go into PB, PC as in backward_block.
 template <typename V, int64_t N>
-void gated_scan_backward_lanes(const Shape& s, int64_t sd, const float* u, const float* dt,
+void gated_scan_backward_block(const Shape& s, int64_t sd, const float* u, const float* dt,
                                const float* A, const float* B, const float* C,
-                               const float* bias, const float* Dskip, const float* g_LW,
+                               const float* bias, const float* Dskip, const float* g_GLW,
                                const GatedGrads& o, V* PB, V* PC, int64_t b, int64_t d0,
-                               const ChunkStates& starts) {
+                               int64_t n_d, const float* h_chunks_row, int64_t chunk) {
   constexpr int64_t W = kLanes<V>;
-  const int64_t L = s.L, D = s.D, LN = L * s.N, row = b * L * D;
+  const int64_t L = s.L, D = s.D, LN = L * s.N, row = b * L * D + d0;
+  const int64_t LW = group_pitch(L, W);
+  const int64_t groups = n_d / W;
   const Shape group{1, 1, L, W, N, W, 1};
   thread_local std::vector<float> ub, dtb, sigb, dub, ddtb, dAb;
   thread_local std::vector<V> H, E;
-  for (auto* v : {&ub, &dtb, &sigb, &dub, &ddtb}) v->resize(L * W);
+  for (auto* v : {&ub, &dtb, &sigb, &dub, &ddtb}) v->resize(groups * LW);
   dAb.resize(W * N);
-  const V bias_d = load<V>(bias + sd * D + d0), D_d = load<V>(Dskip + sd * D + d0);
-  for (int64_t t = 0; t < L; ++t) {
-    const int64_t k = row + t * D + d0;
-    prefetch(dt + row + d0, t + kAhead, L, D);
-    const V x = load<V>(dt + k) + bias_d;
-    store(ub.data() + t * W, load<V>(u + k));
-    store(dtb.data() + t * W, vsoftplus(x));
-    store(sigb.data() + t * W, vsigmoid(x));  // softplus'(x)
-  }
-  backward_lanes<V, N>(group, ub.data(), dtb.data(), A + (sd * D + d0) * N, B + b * LN,
-                       C + b * LN, g_LW, dub.data(), ddtb.data(), dAb.data(), PB, PC, 0,
-                       sd == 1, H, E, starts);
-  V dD = {}, dbias = {};
-  for (int64_t t = 0; t < L; ++t) {
-    const int64_t k = row + t * D + d0;
-    const V g = load<V>(g_LW + t * W);
-    store(o.du[sd] + k, load<V>(dub.data() + t * W) + g * D_d);
-    const V ddt_raw = load<V>(ddtb.data() + t * W) * load<V>(sigb.data() + t * W);
-    store(o.ddt[sd] + k, ddt_raw);
-    dD += g * load<V>(ub.data() + t * W);
-    dbias += ddt_raw;
+  for (int64_t t = 0; t < L; ++t) {  // (1)
+    for (const float* p : {u, dt}) prefetch_block<V>(p + row, t + 2, L, D, n_d);
+    for (int64_t j = 0; j < n_d; j += W) {
+      const int64_t k = row + t * D + j, at = j / W * LW + t * W;
+      const V x = load<V>(dt + k) + load<V>(bias + sd * D + d0 + j);
+      store(ub.data() + at, load<V>(u + k));
+      store(dtb.data() + at, vsoftplus(x));
+      store(sigb.data() + at, vsigmoid(x));  // softplus'(x)
+    }
   }
   const int64_t sb = sd * s.B + b;
-  store(o.dD + sb * D + d0, dD);
-  store(o.dbias + sb * D + d0, dbias);
-  std::copy(dAb.begin(), dAb.end(), o.dA + (sb * D + d0) * N);
+  for (int64_t j = 0; j < n_d; j += W) {  // (2)
+    const int64_t off = j / W * LW;
+    const ChunkStates starts{h_chunks_row + d0 + j, D, chunk};
+    backward_lanes<V, N>(group, ub.data() + off, dtb.data() + off, A + (sd * D + d0 + j) * N,
+                         B + b * LN, C + b * LN, g_GLW + off, dub.data() + off,
+                         ddtb.data() + off, dAb.data(), PB, PC, 0, sd == 1, H, E, starts);
+    std::copy(dAb.begin(), dAb.end(), o.dA + (sb * D + d0 + j) * N);
+  }
+  thread_local std::vector<V> dD, dbias;  // per group
+  dD.assign(groups, V{});
+  dbias.assign(groups, V{});
+  for (int64_t t = 0; t < L; ++t) {  // (3)
+    for (float* p : {o.du[sd], o.ddt[sd]}) prefetch_block<V>(p + row, t + 2, L, D, n_d);
+    for (int64_t j = 0; j < n_d; j += W) {
+      const int64_t k = row + t * D + j, at = j / W * LW + t * W, i = j / W;
+      const V g = load<V>(g_GLW + at);
+      store(o.du[sd] + k, load<V>(dub.data() + at) + g * load<V>(Dskip + sd * D + d0 + j));
+      const V ddt_raw = load<V>(ddtb.data() + at) * load<V>(sigb.data() + at);
+      store(o.ddt[sd] + k, ddt_raw);
+      dD[i] += g * load<V>(ub.data() + at);
+      dbias[i] += ddt_raw;
+    }
+  }
+  for (int64_t j = 0; j < n_d; j += W) {
+    store(o.dD + sb * D + d0 + j, dD[j / W]);
+    store(o.dbias + sb * D + d0 + j, dbias[j / W]);
+  }
 }
 
-// Backward of gated_lanes for channels [d_begin, d_end) of row b (whole groups of W): the
-// gate for every group, then one direction at a time every group's scan backward, so that
-// only one direction's dB / dC lane accumulators PB, PC (L x N vectors each, 1 MiB together
-// at L 512, N 16) are live next to the replay's buffers. dB[sd], dC[sd] (L, N) are written
-// (summed over lanes once per block). The scans' replays start from the forward's h_chunks
-// (2, B, n_chunks, N, D), chunk steps apart.
+// Backward of gated_block for channels [d_begin, d_end) of row b (whole groups of W): the
+// gate, then one direction at a time the block's scan backward, so that only one direction's
+// dB / dC lane accumulators PB, PC (L x N vectors each, 1 MiB together at L 512, N 16) are live
+// next to the replay's buffers. dB[sd], dC[sd] (L, N) are
+// written (summed over lanes once per block). The scans' replays start from the forward's
+// h_chunks (2, B, n_chunks, N, D), chunk steps apart.
 template <typename V, int64_t N>
 void gated_backward_block(const Shape& s, const float* const u[2], const float* const dt[2],
                           const float* A, const float* const B[2], const float* const C[2],
@@ -602,21 +653,17 @@ void gated_backward_block(const Shape& s, const float* const u[2], const float* 
                           const float* pre, const float* dout, const float* h_chunks,
                           int64_t chunk, const GatedGrads& o, float* const dB[2],
                           float* const dC[2], int64_t b, int64_t d_begin, int64_t d_end) {
-  const int64_t L = s.L, D = s.D, LN = L * N;
+  const int64_t L = s.L, LN = L * N, n_d = d_end - d_begin;
   thread_local std::vector<float> g;  // the block's g, (groups, L, W)
   thread_local std::vector<V> PB, PC;
-  g.resize((d_end - d_begin) * L);
-  for (int64_t d = d_begin; d < d_end; d += kLanes<V>)
-    gate_backward_lanes<V>(s, z, pre, dout, g.data() + (d - d_begin) * L, o.dz, b, d);
+  g.resize(n_d / kLanes<V> * group_pitch(L, kLanes<V>));
+  gate_backward_block<V>(s, z, pre, dout, g.data(), o.dz, b, d_begin, n_d);
   for (int64_t sd = 0; sd < 2; ++sd) {
     PB.assign(LN, V{});
     PC.assign(LN, V{});
-    for (int64_t d = d_begin; d < d_end; d += kLanes<V>) {
-      const ChunkStates starts{h_chunks_row(h_chunks, s, sd, b, chunk) + d, D, chunk};
-      gated_scan_backward_lanes<V, N>(s, sd, u[sd], dt[sd], A, B[sd], C[sd], bias, Dskip,
-                                      g.data() + (d - d_begin) * L, o, PB.data(), PC.data(), b,
-                                      d, starts);
-    }
+    gated_scan_backward_block<V, N>(s, sd, u[sd], dt[sd], A, B[sd], C[sd], bias, Dskip,
+                                    g.data(), o, PB.data(), PC.data(), b, d_begin, n_d,
+                                    h_chunks_row(h_chunks, s, sd, b, chunk), chunk);
     for (int64_t k = 0; k < LN; ++k) {
       dB[sd][k] = lane_sum(PB[k]);
       dC[sd][k] = lane_sum(PC[k]);
