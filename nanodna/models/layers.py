@@ -111,8 +111,15 @@ class Linear(eqx.Module):
         """x W^T without the bias, returned in `dtype` (operands in `dot_dtype`)."""
         if self.dot_dtype != self.dtype:
             return mixed_dot(x_I, self.weight, self.dot_dtype).astype(self.dtype)
+        # A 2-D dot on the rows flattened: its autodiff weight gradient is then a 2-D dot that
+        # contracts the rows, which XLA's CPU dot runs as it is. On the (B, L, I) einsum XLA's
+        # dot canonicalisation first copied the cotangent transposed (single-threaded, ~70 ms
+        # of a ~480 ms Caduceus-PS 128 x 3 demo step; BENCHMARKS.md, "Contiguous passes in the
+        # gated kernels, and weight gradients without transposes").
         cdt = jnp.dtype(self.dtype)
-        return jnp.einsum("...i,oi->...o", x_I.astype(cdt), self.weight.astype(cdt))
+        x_MI = x_I.reshape(-1, x_I.shape[-1]).astype(cdt)
+        y_MO = jnp.einsum("mi,oi->mo", x_MI, self.weight.astype(cdt))
+        return y_MO.reshape(*x_I.shape[:-1], self.weight.shape[0])
 
     def __call__(self, x_I: Float[Array, "*batch I"]) -> Float[Array, "*batch O"]:
         y = self.matmul(x_I)
