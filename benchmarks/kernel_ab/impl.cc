@@ -1,7 +1,7 @@
 // One version of kernels/cpu/selective_scan.cc (#included as KERNEL_SRC), its inner functions
 // on one row behind extern "C" names PREFIX_scan_fwd etc., so that two versions link into one
 // binary (benchmarks/bench_kernel_ab.py). Uses the kernel's internal API (forward_lanes,
-// backward_lanes, gated_block, gated_backward_block): versions compared must share it.
+// backward_lanes, gated_lanes, gated_backward_block): versions compared must share it.
 #include KERNEL_SRC
 #include "row.h"
 
@@ -16,7 +16,7 @@ extern "C" void CAT(PREFIX, _scan_fwd)(const Row& r) {
   for (int64_t d = 0; d < r.D; d += W) {
     forward_lanes<V, 16>(s, r.u[0], r.dt[0], r.A, r.B[0], r.C[0], r.y, d, false);
     forward_lanes<V, 16>(s, r.u[1], r.dt[1], r.A + r.D * r.N, r.B[1], r.C[1], r.y, d, true,
-                         true);
+                         nullptr, true);
   }
 }
 
@@ -37,13 +37,12 @@ extern "C" void CAT(PREFIX, _scan_bwd)(const Row& r) {
                             0, sd == 1, H, E);
 }
 
-// The gated block's forward (softplus, both scans, skip, gate), every block of 128 channels
-// of the row (as the kernel's work items, D_BLOCK in kernels/cpu/selective_scan.py).
+// The gated block's forward (softplus, both scans, skip, gate), every group of the row.
 extern "C" void CAT(PREFIX, _gated_fwd)(const Row& r) {
-  const Shape s{2, 1, r.L, r.D, r.N, 128, r.D / 128};
-  for (int64_t d = 0; d < r.D; d += s.d_block)
-    gated_block<V, 16>(s, r.u, r.dt_raw, r.A, r.B, r.C, r.bias, r.Dskip, r.z, r.y, r.pre, 0, d,
-                       std::min(s.d_block, r.D - d), r.h_chunks, r.chunk);
+  const Shape s{2, 1, r.L, r.D, r.N, 64, r.D / 64};
+  for (int64_t d = 0; d < r.D; d += W)
+    gated_lanes<V, 16>(s, r.u, r.dt_raw, r.A, r.B, r.C, r.bias, r.Dskip, r.z, r.y, r.pre, 0, d,
+                       r.h_chunks, r.chunk);
 }
 
 // The gated block's backward, every block of 128 channels of the row (as the kernel's work

@@ -141,28 +141,42 @@ P* h_chunks_row(P* h_chunks, const Shape& s, int64_t sd, int64_t b, int64_t chun
 
 // Vector path, float32: channels d0 .. d0 + W - 1 in the W lanes of one vector, state n in
 // h[n]. A step loads W contiguous u and dt, broadcasts the row's B_t[n] and C_t[n], and stores
-// W contiguous y: no strided loads and no sum across lanes. `add`: y += the scan instead of
-// y = (the gated block's second direction). With `h_chunks` (the gated training forward) h
-// before every chunk of `chunk` steps, in processing order, is stored at
-// h_chunks[(c * N + n) * h_ld + d0 ..], for the backward's replay.
+// W contiguous y: no strided loads and no sum across lanes.
+// With `dt_bias` (inference, scan_gated_fwd) dt holds the raw step size: softplus(dt + bias)
+// is taken on the fly. `add`: y += the scan instead of y = (the second direction's pass).
+// With `h_chunks` (the gated training forward) h before every chunk of `chunk` steps, in
+// processing order, is stored at h_chunks[(c * N + n) * D + d0 ..], for the backward's replay.
 template <typename V, int64_t N>
 void forward_lanes(const Shape& s, const float* u, const float* dt, const float* A, const float* B,
-                   const float* C, float* y, int64_t d0, bool reverse, bool add = false,
-                   float* h_chunks = nullptr, int64_t chunk = 0, int64_t h_ld = 0) {
+                   const float* C, float* y, int64_t d0, bool reverse,
+                   const float* dt_bias = nullptr, bool add = false, float* h_chunks = nullptr,
+                   int64_t chunk = 0) {
   const int64_t L = s.L, D = s.D;
   V A_n[N], h[N] = {};
   A_lanes(A, d0, A_n, kLog2e);
+  // softplus in its own pass: inside the time loop its latency (an exp, a log, a division)
+  // would hold up every step: the forward ran 1.35x slower that way (BENCHMARKS.md, "A faster
+  // exp, softplus out of the loop, prefetching").
+  thread_local std::vector<V> steps;
+  if (dt_bias) {
+    const V bias = load<V>(dt_bias + d0);
+    steps.resize(L);
+    for (int64_t t = 0; t < L; ++t) {
+      prefetch(dt + d0, t + kAhead, L, D);
+      steps[t] = vsoftplus(load<V>(dt + t * D + d0) + bias);
+    }
+  }
   const int64_t ahead = reverse ? -kAhead : kAhead;
   const int64_t span = h_chunks ? chunk : L;  // steps between stores of h
   for (int64_t i0 = 0; i0 < L; i0 += span) {
     if (h_chunks)
-      for (int64_t n = 0; n < N; ++n) store(h_chunks + ((i0 / span) * N + n) * h_ld + d0, h[n]);
+      for (int64_t n = 0; n < N; ++n) store(h_chunks + ((i0 / span) * N + n) * D + d0, h[n]);
     for (int64_t i = i0; i < std::min(L, i0 + span); ++i) {
       const int64_t t = reverse ? L - 1 - i : i;
       prefetch(u + d0, t + ahead, L, D);
-      prefetch(dt + d0, t + ahead, L, D);
+      if (!dt_bias) prefetch(dt + d0, t + ahead, L, D);
       if (add) prefetch(y + d0, t + ahead, L, D);
-      const V dt_t = load<V>(dt + t * D + d0);
+      const V dt_t = dt_bias ? steps[t] : load<V>(dt + t * D + d0);
       const V x = dt_t * load<V>(u + t * D + d0);
       V acc[4] = {};  // y's sum over n in four parts: not one chain of N dependent FMAs
       NANODNA_UNROLL_STATES
@@ -177,7 +191,34 @@ void forward_lanes(const Shape& s, const float* u, const float* dt, const float*
   }
 }
 
-// The gated kernels' per-block buffers hold each group of W channels' L steps together,
+// BiMamba's gated block, channels d0 .. d0 + W - 1 of row b: both directions (dt raw, bias and
+// softplus on the fly), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1) silu(z) in place, and the
+// value before the gate into pre when pre is given (training keeps it for the backward). u[s],
+// dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N); bias, Dskip (2, D).
+// h_chunks (training, with pre): each direction's h before every chunk of `chunk` steps in its
+// processing order, (2, B, n_chunks, N, D), n_chunks = ceil(L / chunk).
+template <typename V, int64_t N>
+void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[2],
+                 const float* A, const float* const B[2], const float* const C[2],
+                 const float* bias, const float* Dskip, const float* z, float* y, float* pre,
+                 int64_t b, int64_t d0, float* h_chunks = nullptr, int64_t chunk = 0) {
+  const int64_t L = s.L, D = s.D, LD = L * D, LN = L * s.N;
+  for (int64_t sd = 0; sd < 2; ++sd)  // direction 0 forward, 1 reverse (and added)
+    forward_lanes<V, N>(s, u[sd] + b * LD, dt[sd] + b * LD, A + sd * D * N, B[sd] + b * LN,
+                        C[sd] + b * LN, y + b * LD, d0, sd == 1, bias + sd * D, sd == 1,
+                        h_chunks ? h_chunks_row(h_chunks, s, sd, b, chunk) : nullptr, chunk);
+  const V D0 = load<V>(Dskip + d0), D1 = load<V>(Dskip + D + d0);
+  for (int64_t t = 0; t < L; ++t) {
+    const int64_t k = b * LD + t * D + d0;
+    for (const float* p : {u[0], u[1], z, static_cast<const float*>(y)})
+      prefetch(p + b * LD + d0, t + kAhead, L, D);
+    const V before_gate = load<V>(y + k) + D0 * load<V>(u[0] + k) + D1 * load<V>(u[1] + k);
+    if (pre) store(pre + k, before_gate);  // kept for the backward (training)
+    store(y + k, before_gate * vsilu(load<V>(z + k)));
+  }
+}
+
+// The gated backward's per-block buffers hold each group of W channels' L steps together,
 // (groups, L, W), with one spare step between groups: at a pitch of exactly L W floats (a
 // multiple of 4 KiB at L 128) a step's W lanes of every group fell in the same L1 cache set.
 inline int64_t group_pitch(int64_t L, int64_t W) { return (L + 1) * W; }
@@ -188,63 +229,6 @@ template <typename V>
 inline void prefetch_block(const float* base, int64_t t, int64_t L, int64_t D, int64_t n_d) {
   if (t < 0 || t >= L) return;
   for (int64_t j = 0; j < n_d; j += kLanes<V>) __builtin_prefetch(base + t * D + j);
-}
-
-// BiMamba's gated block, channels d0 .. d0 + n_d - 1 of row b (whole groups of W): both
-// directions (dt raw: bias and softplus here), then y = (y_fwd + y_rev + D_0 u_0 + D_1 u_1)
-// silu(z), and the value before the gate into pre when pre is given (training keeps it for the
-// backward). u[s], dt[s] (B, L, D), B[s], C[s] (B, L, N): direction s's arrays; A (2, D, N);
-// bias, Dskip (2, D). h_chunks (training, with pre): each direction's h before every chunk of
-// `chunk` steps in its processing order, (2, B, n_chunks, N, D), n_chunks = ceil(L / chunk).
-// Three passes: over time, the block's u and softplus(dt + bias) into (groups, L, W) buffers;
-// per group, each direction's scan (forward_lanes) on them into a buffer of y; over time, the
-// gate. The passes over time read and write n_d contiguous floats of each (L, D) array per
-// step, which the hardware prefetchers follow (one group at a time, a line per step D floats
-// apart, they did not); softplus in its own pass keeps its latency (an exp, a log, a division)
-// out of the scan's steps (BENCHMARKS.md, "A faster exp, softplus out of the loop,
-// prefetching", "Contiguous passes in the gated kernels").
-template <typename V, int64_t N>
-void gated_block(const Shape& s, const float* const u[2], const float* const dt[2],
-                 const float* A, const float* const B[2], const float* const C[2],
-                 const float* bias, const float* Dskip, const float* z, float* y, float* pre,
-                 int64_t b, int64_t d0, int64_t n_d, float* h_chunks = nullptr,
-                 int64_t chunk = 0) {
-  constexpr int64_t W = kLanes<V>;
-  const int64_t L = s.L, D = s.D, LN = L * N, LW = group_pitch(L, W), row = b * L * D + d0;
-  const int64_t groups = n_d / W;
-  const Shape group{1, 1, L, W, N, W, 1};
-  thread_local std::vector<float> ub, dtb, yb;  // (2, groups, L, W) twice, (groups, L, W)
-  ub.resize(2 * groups * LW);
-  dtb.resize(2 * groups * LW);
-  yb.resize(groups * LW);
-  for (int64_t t = 0; t < L; ++t) {
-    for (const float* p : {u[0], u[1], dt[0], dt[1]}) prefetch_block<V>(p + row, t + 2, L, D, n_d);
-    for (int64_t sd = 0; sd < 2; ++sd)
-      for (int64_t j = 0; j < n_d; j += W) {
-        const int64_t k = row + t * D + j, at = (sd * groups + j / W) * LW + t * W;
-        store(ub.data() + at, load<V>(u[sd] + k));
-        store(dtb.data() + at, vsoftplus(load<V>(dt[sd] + k) + load<V>(bias + sd * D + d0 + j)));
-      }
-  }
-  for (int64_t j = 0; j < n_d; j += W)
-    for (int64_t sd = 0; sd < 2; ++sd) {  // direction 0 forward, 1 reverse (and added)
-      const int64_t at = (sd * groups + j / W) * LW;
-      float* h_at = h_chunks ? h_chunks_row(h_chunks, s, sd, b, chunk) + d0 + j : nullptr;
-      forward_lanes<V, N>(group, ub.data() + at, dtb.data() + at, A + (sd * D + d0 + j) * N,
-                          B[sd] + b * LN, C[sd] + b * LN, yb.data() + j / W * LW, 0, sd == 1,
-                          sd == 1, h_at, chunk, D);
-    }
-  for (int64_t t = 0; t < L; ++t) {
-    prefetch_block<V>(z + row, t + 2, L, D, n_d);
-    for (int64_t j = 0; j < n_d; j += W) {
-      const int64_t k = row + t * D + j, at = j / W * LW + t * W;
-      const V before_gate = load<V>(yb.data() + at) +
-                            load<V>(Dskip + d0 + j) * load<V>(ub.data() + at) +
-                            load<V>(Dskip + D + d0 + j) * load<V>(ub.data() + groups * LW + at);
-      if (pre) store(pre + k, before_gate);  // kept for the backward (training)
-      store(y + k, before_gate * vsilu(load<V>(z + k)));
-    }
-  }
 }
 
 // Scalar path, backward of one channel d of one row: replay the forward into H (h_{t-1} and
@@ -505,6 +489,7 @@ ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32
                      float* py, float* ppre, const F32Buf* h_chunks, int64_t chunk,
                      int64_t d_block) {
   using V = f32xW;
+  constexpr int64_t W = kLanes<V>;
   std::string err;
   const Shape s = gated_shape(u0, u1, dt0, dt1, A, B0, B1, C0, C1, bias, Dskip, z, d_block, err);
   if (err.empty() && h_chunks) err = check_chunks(s, *h_chunks, chunk);
@@ -517,11 +502,12 @@ ffi::Error gated_fwd(F32Buf u0, F32Buf u1, F32Buf dt0, F32Buf dt1, F32Buf A, F32
   const float* pz = z.typed_data();
   float* ph_chunks = h_chunks ? h_chunks->typed_data() : nullptr;
   parallel_for(s.B * s.P, [&](int64_t item) {
-    const int64_t b = item / s.P, d0 = item % s.P * s.d_block;
-    with_vector_n(s.N, [&](auto Nc) {
-      gated_block<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, ppre, b, d0,
-                                          std::min(s.D, d0 + s.d_block) - d0, ph_chunks, chunk);
-    });
+    const int64_t b = item / s.P, p = item % s.P;
+    for (int64_t d = p * s.d_block; d < std::min(s.D, (p + 1) * s.d_block); d += W)
+      with_vector_n(s.N, [&](auto Nc) {
+        gated_lanes<V, decltype(Nc)::value>(s, pu, pdt, pA, pB, pC, pbias, pD, pz, py, ppre, b,
+                                            d, ph_chunks, chunk);
+      });
   });
   return ffi::Error::Success();
 }
@@ -558,7 +544,9 @@ struct GatedGrads {
 // channels inner: each step reads and writes n_d contiguous floats of every (L, D) array, which
 // the hardware prefetchers follow; one group at a time (a line per step, D floats apart) they
 // did not, and the block's passes outside the scans took ~40% of the backward (perf, demo
-// shape; BENCHMARKS.md, "Contiguous passes in the gated backward").
+// shape; BENCHMARKS.md, "Contiguous passes in the gated backward, and weight gradients
+// without transposes"). The forward keeps its per-group passes: block passes ran its l20
+// layer shape (L 512, D 768) at 0.78-0.86x, its demo shape at 1.1x.
 template <typename V>
 void gate_backward_block(const Shape& s, const float* z, const float* pre, const float* dout,
                          float* g_GLW, float* dz, int64_t b, int64_t d0, int64_t n_d) {
@@ -577,7 +565,7 @@ void gate_backward_block(const Shape& s, const float* z, const float* pre, const
   }
 }
 
-// Direction sd's part of gated_block's backward for the block's channels d0 .. d0 + n_d - 1 of
+// Direction sd's part of gated_lanes' backward for the block's channels d0 .. d0 + n_d - 1 of
 // row b, from g_GLW (groups, L, W). Three passes: (1) over time, the block's u and dt_raw into
 // (groups, L, W) buffers, with dt = softplus(dt_raw + bias) and its derivative sigmoid(dt_raw +
 // bias); (2) per group of W channels, backward_lanes on those buffers (a Shape whose D is W),
@@ -640,7 +628,7 @@ void gated_scan_backward_block(const Shape& s, int64_t sd, const float* u, const
   }
 }
 
-// Backward of gated_block for channels [d_begin, d_end) of row b (whole groups of W): the
+// Backward of gated_lanes for channels [d_begin, d_end) of row b (whole groups of W): the
 // gate, then one direction at a time the block's scan backward, so that only one direction's
 // dB / dC lane accumulators PB, PC (L x N vectors each, 1 MiB together at L 512, N 16) are live
 // next to the replay's buffers. dB[sd], dC[sd] (L, N) are

@@ -114,8 +114,8 @@ class Linear(eqx.Module):
         # A 2-D dot on the rows flattened: its autodiff weight gradient is then a 2-D dot that
         # contracts the rows, which XLA's CPU dot runs as it is. On the (B, L, I) einsum XLA's
         # dot canonicalisation first copied the cotangent transposed (single-threaded, ~70 ms
-        # of a ~480 ms Caduceus-PS 128 x 3 demo step; BENCHMARKS.md, "Contiguous passes in the
-        # gated kernels, and weight gradients without transposes").
+        # of a ~500 ms Caduceus-PS 128 x 3 demo step; BENCHMARKS.md, "Contiguous passes in the
+        # gated backward, and weight gradients without transposes").
         cdt = jnp.dtype(self.dtype)
         x_MI = x_I.reshape(-1, x_I.shape[-1]).astype(cdt)
         y_MO = jnp.einsum("mi,oi->mo", x_MI, self.weight.astype(cdt))
