@@ -631,9 +631,9 @@ void gated_scan_backward_block(const Shape& s, int64_t sd, const float* u, const
 // Backward of gated_lanes for channels [d_begin, d_end) of row b (whole groups of W): the
 // gate, then one direction at a time the block's scan backward, so that only one direction's
 // dB / dC lane accumulators PB, PC (L x N vectors each, 1 MiB together at L 512, N 16) are live
-// next to the replay's buffers. dB[sd], dC[sd] (L, N) are
-// written (summed over lanes once per block). The scans' replays start from the forward's
-// h_chunks (2, B, n_chunks, N, D), chunk steps apart.
+// next to the replay's buffers. dB[sd], dC[sd] (L, N) are written (summed over lanes once per
+// block). The scans' replays start from the forward's h_chunks (2, B, n_chunks, N, D), chunk
+// steps apart.
 template <typename V, int64_t N>
 void gated_backward_block(const Shape& s, const float* const u[2], const float* const dt[2],
                           const float* A, const float* const B[2], const float* const C[2],
