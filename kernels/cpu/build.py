@@ -96,7 +96,7 @@ def _build() -> pathlib.Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         cmd = [cxx, *flags, f"-I{include}", *map(str, SOURCES), "-o", tmp]
-        print(f"nanodna: building the CPU kernels into {out.parent} (once, ~10-30 s)",
+        print(f"nanodna: building the CPU kernels into {out.parent} (once, ~10-40 s)",
               file=sys.stderr, flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
