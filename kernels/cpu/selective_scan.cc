@@ -223,14 +223,6 @@ void gated_lanes(const Shape& s, const float* const u[2], const float* const dt[
 // multiple of 4 KiB at L 128) a step's W lanes of every group fell in the same L1 cache set.
 inline int64_t group_pitch(int64_t L, int64_t W) { return (L + 1) * W; }
 
-// Prefetch row t of a block of n_d channels of a strided (L, D) array (base at the block's
-// first channel of the row): one line per group of W channels.
-template <typename V>
-inline void prefetch_block(const float* base, int64_t t, int64_t L, int64_t D, int64_t n_d) {
-  if (t < 0 || t >= L) return;
-  for (int64_t j = 0; j < n_d; j += kLanes<V>) __builtin_prefetch(base + t * D + j);
-}
-
 // Scalar path, backward of one channel d of one row: replay the forward into H (h_{t-1} and
 // h_t) and E (a_t), then the adjoint from the end. du, ddt written at [t, d]; dA_N (N) overwritten;
 // dB, dC (L, N) summed into.
@@ -557,10 +549,9 @@ void gate_backward_block(const Shape& s, const float* z, const float* pre, const
     for (int64_t j = 0; j < n_d; j += W) {
       const int64_t k = row + t * D + j;
       const V z_t = load<V>(z + k), dout_t = load<V>(dout + k);
-      const V sig = vsigmoid(z_t);  // silu = z sig, silu' = sig (1 + z (1 - sig))
+      const V sig = vsigmoid(z_t);  // one sigmoid for silu = z sig and silu'
       store(g_GLW + j / W * group_pitch(L, W) + t * W, dout_t * z_t * sig);
-      const V silu_grad = sig * (splat<V>(1.0f) + z_t * (splat<V>(1.0f) - sig));
-      store(dz + k, dout_t * load<V>(pre + k) * silu_grad);
+      store(dz + k, dout_t * load<V>(pre + k) * vsilu_grad(z_t, sig));
     }
   }
 }

@@ -159,12 +159,12 @@ inline V vsilu(V z) { return z / (splat<V>(1.0f) + vexp(-z)); }
 template <typename V>
 inline V vsigmoid(V z) { return splat<V>(1.0f) / (splat<V>(1.0f) + vexp(-z)); }
 
-// silu'(z) = s (1 + z (1 - s)), s = sigmoid(z): the SiLU's derivative, for backward passes.
+// silu'(z) = s (1 + z (1 - s)), s = sigmoid(z): the SiLU's derivative, for backward passes;
+// the two-argument form takes s already computed (the gate's backward also needs silu = z s).
 template <typename V>
-inline V vsilu_grad(V z) {
-  const V s = vsigmoid(z);
-  return s * (splat<V>(1.0f) + z * (splat<V>(1.0f) - s));
-}
+inline V vsilu_grad(V z, V s) { return s * (splat<V>(1.0f) + z * (splat<V>(1.0f) - s)); }
+template <typename V>
+inline V vsilu_grad(V z) { return vsilu_grad(z, vsigmoid(z)); }
 
 // Threads per call: $NANODNA_CPU_THREADS, else the cores this process may run on (taskset and
 // container CPU sets included, on Linux), else std::thread's count.
@@ -202,6 +202,13 @@ void parallel_for(int64_t n_items, Fn fn) {
 constexpr int64_t kAhead = 16;
 inline void prefetch(const float* base, int64_t t, int64_t L, int64_t D) {
   if (t >= 0 && t < L) __builtin_prefetch(base + t * D);
+}
+
+// prefetch's row t for a block of n_d adjacent channels (base at the block's first): one line
+// per group of W, for passes that walk the block's channels contiguously at each step.
+template <typename V>
+inline void prefetch_block(const float* base, int64_t t, int64_t L, int64_t D, int64_t n_d) {
+  for (int64_t j = 0; j < n_d; j += kLanes<V>) prefetch(base + j, t, L, D);
 }
 
 }  // namespace
